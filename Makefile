@@ -1,0 +1,49 @@
+# pg_idem: a PGXS build of a C++17 extension.
+EXTENSION  = pg_idem
+EXTVERSION = 1.0
+MODULE_big = pg_idem
+
+# One object per capability file; src/core never includes postgres.h (see core-check).
+SRCS = $(sort $(wildcard src/*.cpp src/pg/*.cpp src/core/*.cpp))
+OBJS = $(SRCS:.cpp=.o)
+
+# The install script is assembled from one SQL file per capability, in this order.
+INSTALL_SQL = src/sql/extension.sql src/sql/claim.sql
+DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
+
+# Every test file is picked up by wildcard: no test can be orphaned.
+REGRESS      = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
+REGRESS_OPTS = --inputdir=. --outputdir=.
+ISOLATION    = $(patsubst specs/%.spec,%,$(sort $(wildcard specs/*.spec)))
+ISOLATION_OPTS = --inputdir=. --outputdir=output_iso
+
+# C++ inside the backend: C++17, PostgreSQL's headers need -Wno-register,
+# and gcc links, so the C++ runtime is named explicitly.
+# WERROR=1 (CI) turns every warning into an error.
+PG_CXXFLAGS = -std=c++17 -Wall -Wextra -Wno-register -Wno-missing-field-initializers \
+              -Wno-unused-parameter $(if $(WERROR),-Werror)
+PG_CPPFLAGS = -I$(srcdir)/src -MMD -MP
+SHLIB_LINK  = -lstdc++
+EXTRA_CLEAN = $(SRCS:.cpp=.d) results output_iso regression.diffs regression.out
+
+# Debian's server is built with LLVM, and the bitcode rule would compile our
+# sources with clang without PG_CXXFLAGS. pg_idem's functions spend their time
+# in SPI, not in expressions JIT could inline, so we build no bitcode at all.
+override with_llvm = no
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+$(DATA_built): $(INSTALL_SQL) Makefile
+	cat $(INSTALL_SQL) > $@
+
+# Header dependencies, so editing a header rebuilds what uses it.
+-include $(SRCS:.cpp=.d)
+
+# The split between plain C++ and PostgreSQL code is checked at build time.
+.PHONY: core-check
+core-check:
+	@! grep -rlE '#include *[<"](postgres|fmgr|utils/|executor/|access/)' src/core \
+	  || { echo "src/core must not include PostgreSQL headers"; exit 1; }
+all: core-check

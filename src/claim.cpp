@@ -1,0 +1,429 @@
+// Claims: the shared dedup table idem_claims and the functions that use it
+// (SPEC "Claims"): idem_claim, idem_begin, idem_finish, idem_claim_many,
+// idem_forget.
+//
+// A claim is a row of idem_claims, written by the caller's transaction, so it
+// commits or rolls back with the business write. The unique index on
+// idem_key_hash(scope, key) does the waiting: an INSERT that meets a row still
+// being written by another transaction waits for that transaction and then
+// sees its outcome. INSERT ... ON CONFLICT DO NOTHING that finds a committed
+// row writes nothing at all, so a duplicate costs no WAL, no transaction id
+// and no dead tuple.
+#include "core/key.hpp"
+#include "pg/args.hpp"
+#include "pg/guard.hpp"
+#include "pg/spi.hpp"
+
+extern "C" {
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "tcop/utility.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+}
+
+#include <algorithm>
+#include <cstring>
+
+namespace idem {
+namespace {
+
+using pg::Statement;
+
+// What idem_begin reports; idem_claim is true exactly for new_claim.
+enum class ClaimStatus { new_claim, replay, in_progress };
+
+struct ClaimOutcome {
+    ClaimStatus status;
+    bool has_response;
+    Datum response;  // jsonb, copied into the caller's memory context
+};
+
+struct ClaimRequest {
+    pg::ScopeArg scope;
+    pg::KeyArg key;
+    pg_uuid_t hash;
+    TimestampTz now;
+    pg::Expiry expiry;
+    bool has_fingerprint;
+    int64 fingerprint;  // jsonb_hash_extended of the request
+};
+
+// Columns of idem_claims as the INSERT writes them.
+Statement insert_claim = {
+    "INSERT INTO @extschema@.idem_claims (scope, key, claimed_at, expires_at, request_fp) "
+    "VALUES ($1, $2, $3, $4, $5) "
+    "ON CONFLICT (@extschema@.idem_key_hash(scope, key)) DO NOTHING",
+    5, {TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID}};
+
+// What holds the key now. The first column tells a real match from a hash
+// collision (core/key.hpp); xmin tells whether this transaction wrote it.
+Statement probe_claim = {
+    "SELECT scope = $1 AND key = $2, expires_at, request_fp, response, xmin "
+    "FROM @extschema@.idem_claims WHERE @extschema@.idem_key_hash(scope, key) = $3",
+    3, {TEXTOID, TEXTOID, UUIDOID}};
+
+// Take over an expired claim. The WHERE clause is re-checked against the
+// newest row version after waiting for a concurrent writer, so of two
+// transactions renewing the same expired claim only one succeeds.
+Statement renew_claim = {
+    "UPDATE @extschema@.idem_claims "
+    "SET claimed_at = $1, expires_at = $2, request_fp = $3, response = NULL "
+    "WHERE @extschema@.idem_key_hash(scope, key) = $4 AND expires_at <= $1",
+    4, {TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID, UUIDOID}};
+
+Statement store_response = {
+    "UPDATE @extschema@.idem_claims SET response = $3 "
+    "WHERE @extschema@.idem_key_hash(scope, key) = $4 AND scope = $1 AND key = $2",
+    4, {TEXTOID, TEXTOID, JSONBOID, UUIDOID}};
+
+Statement forget_claim = {
+    "DELETE FROM @extschema@.idem_claims "
+    "WHERE @extschema@.idem_key_hash(scope, key) = $3 AND scope = $1 AND key = $2 "
+    "RETURNING expires_at",
+    3, {TEXTOID, TEXTOID, UUIDOID}};
+
+// A claim that keeps changing under us (renewed, forgotten, renewed again)
+// cannot loop forever: after this many rounds the caller retries (40001).
+constexpr int max_claim_rounds = 100;
+
+pg_uuid_t uuid_of(KeyHash hash)
+{
+    pg_uuid_t uuid;
+    std::memcpy(uuid.data, hash.bytes, UUID_LEN);
+    return uuid;
+}
+
+bool is_live(bool never_expires, TimestampTz expires_at, TimestampTz now)
+{
+    return never_expires || now < expires_at;
+}
+
+ClaimRequest claim_request(FunctionCallInfo fcinfo, pg::KeyArg key, int scope_argno, int ttl_argno)
+{
+    ClaimRequest r;
+    r.scope = pg::scope_arg(fcinfo, scope_argno, "scope");
+    r.key = key;
+    r.hash = uuid_of(key_hash(r.scope.scope, r.key.key));
+    r.now = GetCurrentTimestamp();
+    r.expiry = pg::expiry_arg(fcinfo, ttl_argno, "ttl", r.now, true);
+    r.has_fingerprint = false;
+    r.fingerprint = 0;
+    return r;
+}
+
+[[noreturn]] void raise_hash_collision(const ClaimRequest& r)
+{
+    ereport(ERROR,
+            (errcode(ERRCODE_UNIQUE_VIOLATION),
+             errmsg("key %s in scope %s shares its hash with another key",
+                    pg::key_for_message(r.key.key), pg::key_for_message(Key{r.scope.scope.text})),
+             errdetail("pg_idem indexes claims by a 128-bit SHA-256 prefix of (scope, key)."),
+             errhint("Use another key.")));
+}
+
+// The heart of claiming; runs inside SPI_connect.
+ClaimOutcome claim_core(const ClaimRequest& r, FunctionCallInfo fcinfo, MemoryContext result_cxt)
+{
+    for (int round = 0; round < max_claim_rounds; round++) {
+        // 1. The common case, a key nobody holds: one INSERT.
+        Datum insert_values[5] = {r.scope.datum, r.key.datum, TimestampTzGetDatum(r.now),
+                                  TimestampTzGetDatum(r.expiry.at), Int64GetDatum(r.fingerprint)};
+        const char insert_nulls[5] = {' ', ' ', ' ', r.expiry.never ? 'n' : ' ',
+                                      r.has_fingerprint ? ' ' : 'n'};
+        if (pg::run(insert_claim, fcinfo, insert_values, insert_nulls) == 1)
+            return ClaimOutcome{ClaimStatus::new_claim, false, 0};
+
+        // 2. A row holds the key; if its writer was still running, the INSERT
+        //    waited for it. Read what is there now.
+        Datum probe_values[3] = {r.scope.datum, r.key.datum, UUIDPGetDatum(&r.hash)};
+        if (pg::run(probe_claim, fcinfo, probe_values, nullptr) == 0)
+            continue;  // deleted in between (idem_forget, purge): try again
+        bool isnull, never_expires, fp_null, response_null;
+        bool same_key = DatumGetBool(pg::result_value(0, 1, &isnull));
+        TimestampTz expires_at = DatumGetTimestampTz(pg::result_value(0, 2, &never_expires));
+        int64 stored_fp = DatumGetInt64(pg::result_value(0, 3, &fp_null));
+        Datum response = pg::result_value(0, 4, &response_null);
+        if (!same_key)
+            raise_hash_collision(r);
+
+        if (is_live(never_expires, expires_at, r.now)) {
+            if (r.has_fingerprint && !fp_null && stored_fp != r.fingerprint)
+                ereport(ERROR,
+                        (errcode(IDEM_ERRCODE_REQUEST_MISMATCH),
+                         errmsg("idempotency key reused with a different request"),
+                         errdetail("Key %s in scope %s was claimed for a request that differs from this one.",
+                                   pg::key_for_message(r.key.key), pg::key_for_message(Key{r.scope.scope.text})),
+                         errhint("A retry must send the same request; a new request needs a new key.")));
+            ClaimOutcome replay{ClaimStatus::replay, !response_null, 0};
+            if (!response_null) {
+                MemoryContext old = MemoryContextSwitchTo(result_cxt);
+                replay.response = PointerGetDatum(PG_DETOAST_DATUM_COPY(response));
+                MemoryContextSwitchTo(old);
+            }
+            SPI_freetuptable(SPI_tuptable);
+            return replay;
+        }
+        SPI_freetuptable(SPI_tuptable);
+
+        // 3. The claim there has expired: it counts as absent, take it over.
+        Datum renew_values[4] = {TimestampTzGetDatum(r.now), TimestampTzGetDatum(r.expiry.at),
+                                 Int64GetDatum(r.fingerprint), UUIDPGetDatum(&r.hash)};
+        const char renew_nulls[4] = {' ', r.expiry.never ? 'n' : ' ', r.has_fingerprint ? ' ' : 'n', ' '};
+        if (pg::run(renew_claim, fcinfo, renew_values, renew_nulls) == 1)
+            return ClaimOutcome{ClaimStatus::new_claim, false, 0};
+    }
+    ereport(ERROR, (errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+                    errmsg("could not claim key %s: concurrent transactions kept changing it",
+                           pg::key_for_message(r.key.key))));
+    pg_unreachable();
+}
+
+// claim_core without waiting: a key another transaction holds right now
+// gives in_progress. The wait happens in a subtransaction with a 1 ms
+// lock_timeout (the smallest PostgreSQL offers), which is rolled back
+// when it expires; nothing else of the caller's transaction is touched.
+ClaimOutcome claim_nowait(const ClaimRequest& r, FunctionCallInfo fcinfo, MemoryContext result_cxt)
+{
+    MemoryContext cxt = CurrentMemoryContext;
+    ResourceOwner owner = CurrentResourceOwner;
+    ClaimOutcome outcome;
+
+    BeginInternalSubTransaction(nullptr);
+    MemoryContextSwitchTo(cxt);
+    int guc_level = NewGUCNestLevel();
+    (void)set_config_option("lock_timeout", "1", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+    PG_TRY();
+    {
+        outcome = claim_core(r, fcinfo, result_cxt);
+        AtEOXact_GUC(true, guc_level);
+        ReleaseCurrentSubTransaction();
+        MemoryContextSwitchTo(cxt);
+        CurrentResourceOwner = owner;
+    }
+    PG_CATCH();
+    {
+        MemoryContextSwitchTo(cxt);
+        ErrorData* edata = CopyErrorData();
+        FlushErrorState();
+        RollbackAndReleaseCurrentSubTransaction();  // also restores lock_timeout
+        MemoryContextSwitchTo(cxt);
+        CurrentResourceOwner = owner;
+        if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
+            ReThrowError(edata);
+        FreeErrorData(edata);
+        outcome = ClaimOutcome{ClaimStatus::in_progress, false, 0};
+    }
+    PG_END_TRY();
+    return outcome;
+}
+
+const char* status_name(ClaimStatus status)
+{
+    switch (status) {
+    case ClaimStatus::new_claim:
+        return "new";
+    case ClaimStatus::replay:
+        return "replay";
+    case ClaimStatus::in_progress:
+        return "in_progress";
+    }
+    return "?";
+}
+
+void connect_spi()
+{
+    if (SPI_connect() != SPI_OK_CONNECT)
+        elog(ERROR, "pg_idem: SPI_connect failed");
+}
+
+}  // namespace
+}  // namespace idem
+
+using namespace idem;
+
+// idem_claim(key text, scope text DEFAULT 'default', ttl interval DEFAULT NULL) RETURNS boolean
+IDEM_SQL_FUNCTION(idem_claim)
+{
+    return pg::guarded([&]() -> Datum {
+        PreventCommandIfReadOnly("idem_claim()");
+        ClaimRequest r = claim_request(fcinfo, pg::key_arg(fcinfo, 0, "key"), 1, 2);
+        MemoryContext cxt = CurrentMemoryContext;
+        connect_spi();
+        ClaimOutcome outcome = claim_core(r, fcinfo, cxt);
+        SPI_finish();
+        return BoolGetDatum(outcome.status == ClaimStatus::new_claim);
+    });
+}
+
+// idem_begin(key text, scope text, ttl interval, request jsonb, wait boolean)
+//   RETURNS TABLE (status text, response jsonb)
+IDEM_SQL_FUNCTION(idem_begin)
+{
+    return pg::guarded([&]() -> Datum {
+        PreventCommandIfReadOnly("idem_begin()");
+        ClaimRequest r = claim_request(fcinfo, pg::key_arg(fcinfo, 0, "key"), 1, 2);
+        if (!PG_ARGISNULL(3)) {
+            r.has_fingerprint = true;
+            r.fingerprint = DatumGetInt64(
+                DirectFunctionCall2(jsonb_hash_extended, PG_GETARG_DATUM(3), Int64GetDatum(0)));
+        }
+        if (PG_ARGISNULL(4))
+            ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("wait must not be NULL")));
+        bool wait = PG_GETARG_BOOL(4);
+
+        InitMaterializedSRF(fcinfo, 0);
+        MemoryContext cxt = CurrentMemoryContext;
+        connect_spi();
+        ClaimOutcome outcome = wait ? claim_core(r, fcinfo, cxt) : claim_nowait(r, fcinfo, cxt);
+        SPI_finish();
+
+        auto* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
+        Datum values[2] = {CStringGetTextDatum(status_name(outcome.status)), outcome.response};
+        bool nulls[2] = {false, !outcome.has_response};
+        tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+        return 0;
+    });
+}
+
+// idem_finish(key text, scope text, response jsonb) RETURNS void
+IDEM_SQL_FUNCTION(idem_finish)
+{
+    return pg::guarded([&]() -> Datum {
+        PreventCommandIfReadOnly("idem_finish()");
+        pg::KeyArg key = pg::key_arg(fcinfo, 0, "key");
+        pg::ScopeArg scope = pg::scope_arg(fcinfo, 1, "scope");
+        pg_uuid_t hash = uuid_of(key_hash(scope.scope, key.key));
+
+        connect_spi();
+        // The transaction holds the claim exactly when it wrote the row
+        // version it sees: inserted or renewed it, in this transaction or a
+        // subtransaction of it that has not rolled back.
+        Datum probe_values[3] = {scope.datum, key.datum, UUIDPGetDatum(&hash)};
+        bool held = false;
+        if (pg::run(probe_claim, fcinfo, probe_values, nullptr) == 1) {
+            bool isnull;
+            bool same_key = DatumGetBool(pg::result_value(0, 1, &isnull));
+            TransactionId xmin = DatumGetTransactionId(pg::result_value(0, 5, &isnull));
+            held = same_key && TransactionIdIsCurrentTransactionId(xmin);
+        }
+        if (!held)
+            ereport(ERROR,
+                    (errcode(IDEM_ERRCODE_NO_CLAIM_HELD),
+                     errmsg("this transaction holds no claim on key %s in scope %s",
+                            pg::key_for_message(key.key), pg::key_for_message(Key{scope.scope.text})),
+                     errhint("Call idem_begin() or idem_claim() for the key first, in the same transaction.")));
+
+        Datum store_values[4] = {scope.datum, key.datum, PG_GETARG_DATUM(2), UUIDPGetDatum(&hash)};
+        const char store_nulls[4] = {' ', ' ', PG_ARGISNULL(2) ? 'n' : ' ', ' '};
+        pg::run(store_response, fcinfo, store_values, store_nulls);
+        SPI_finish();
+        return 0;
+    });
+}
+
+// idem_claim_many(keys text[], scope text DEFAULT 'default', ttl interval DEFAULT NULL)
+//   RETURNS TABLE (key text, claimed boolean)
+//
+// Keys are claimed in the order of their hashes, whatever order the caller
+// gives, so two batches that share keys wait for each other instead of
+// deadlocking; rows come back in the caller's order, one per distinct key.
+IDEM_SQL_FUNCTION(idem_claim_many)
+{
+    return pg::guarded([&]() -> Datum {
+        PreventCommandIfReadOnly("idem_claim_many()");
+        if (PG_ARGISNULL(0))
+            ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("keys must not be NULL")));
+        ArrayType* array = PG_GETARG_ARRAYTYPE_P(0);
+        Datum* elements;
+        bool* element_nulls;
+        int n;
+        deconstruct_array(array, TEXTOID, -1, false, TYPALIGN_INT, &elements, &element_nulls, &n);
+
+        // Validate every element before claiming any, naming the bad one.
+        auto* keys = static_cast<pg::KeyArg*>(palloc(sizeof(pg::KeyArg) * Max(n, 1)));
+        for (int i = 0; i < n; i++) {
+            char name[32];
+            snprintf(name, sizeof name, "keys[%d]", i + 1);
+            keys[i] = pg::key_datum(elements[i], element_nulls[i], name);
+        }
+        ClaimRequest base = claim_request(fcinfo, pg::KeyArg{0, Key{{"", 0}}}, 1, 2);
+
+        auto* hashes = static_cast<KeyHash*>(palloc(sizeof(KeyHash) * Max(n, 1)));
+        auto* order = static_cast<int*>(palloc(sizeof(int) * Max(n, 1)));
+        for (int i = 0; i < n; i++) {
+            hashes[i] = key_hash(base.scope.scope, keys[i].key);
+            order[i] = i;
+        }
+        std::sort(order, order + n, [&](int a, int b) {
+            int c = std::memcmp(hashes[a].bytes, hashes[b].bytes, sizeof hashes[a].bytes);
+            return c != 0 ? c < 0 : a < b;
+        });
+
+        // first[i]: the index of the first occurrence of keys[i]'s key.
+        auto* first = static_cast<int*>(palloc(sizeof(int) * Max(n, 1)));
+        auto* claimed = static_cast<bool*>(palloc0(sizeof(bool) * Max(n, 1)));
+        MemoryContext cxt = CurrentMemoryContext;
+        InitMaterializedSRF(fcinfo, 0);
+        connect_spi();
+        for (int j = 0; j < n; j++) {
+            int i = order[j];
+            if (j > 0 && std::memcmp(hashes[i].bytes, hashes[order[j - 1]].bytes, sizeof hashes[i].bytes) == 0) {
+                int prev = first[order[j - 1]];
+                const Text& a = keys[i].key.text;
+                const Text& b = keys[prev].key.text;
+                if (a.size == b.size && std::memcmp(a.data, b.data, a.size) == 0) {
+                    first[i] = prev;
+                    continue;
+                }
+            }
+            first[i] = i;
+            ClaimRequest r = base;
+            r.key = keys[i];
+            r.hash = uuid_of(hashes[i]);
+            claimed[i] = claim_core(r, fcinfo, cxt).status == ClaimStatus::new_claim;
+        }
+        SPI_finish();
+
+        auto* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
+        for (int i = 0; i < n; i++) {
+            if (first[i] != i)
+                continue;
+            Datum values[2] = {keys[i].datum, BoolGetDatum(claimed[i])};
+            bool nulls[2] = {false, false};
+            tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+        }
+        return 0;
+    });
+}
+
+// idem_forget(key text, scope text DEFAULT 'default') RETURNS boolean
+IDEM_SQL_FUNCTION(idem_forget)
+{
+    return pg::guarded([&]() -> Datum {
+        PreventCommandIfReadOnly("idem_forget()");
+        pg::KeyArg key = pg::key_arg(fcinfo, 0, "key");
+        pg::ScopeArg scope = pg::scope_arg(fcinfo, 1, "scope");
+        pg_uuid_t hash = uuid_of(key_hash(scope.scope, key.key));
+        TimestampTz now = GetCurrentTimestamp();
+
+        connect_spi();
+        Datum values[3] = {scope.datum, key.datum, UUIDPGetDatum(&hash)};
+        bool existed = false;
+        if (pg::run(forget_claim, fcinfo, values, nullptr) == 1) {
+            bool never_expires;
+            TimestampTz expires_at = DatumGetTimestampTz(pg::result_value(0, 1, &never_expires));
+            existed = is_live(never_expires, expires_at, now);  // an expired claim is as good as absent
+        }
+        SPI_finish();
+        return BoolGetDatum(existed);
+    });
+}

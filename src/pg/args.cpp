@@ -1,0 +1,64 @@
+#include "pg/args.hpp"
+
+extern "C" {
+#include "mb/pg_wchar.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+}
+
+namespace idem::pg {
+namespace {
+
+Text text_view(Datum datum)
+{
+    text* t = reinterpret_cast<text*>(PG_DETOAST_DATUM_PACKED(datum));
+    return Text{VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)};
+}
+
+}  // namespace
+
+KeyArg key_datum(Datum datum, bool isnull, const char* name)
+{
+    if (isnull)
+        return KeyArg{datum, checked_key(name, nullptr)};
+    Text t = text_view(datum);
+    return KeyArg{datum, checked_key(name, &t)};
+}
+
+KeyArg key_arg(FunctionCallInfo fcinfo, int argno, const char* name)
+{
+    return key_datum(PG_GETARG_DATUM(argno), PG_ARGISNULL(argno), name);
+}
+
+ScopeArg scope_arg(FunctionCallInfo fcinfo, int argno, const char* name)
+{
+    if (PG_ARGISNULL(argno))
+        return ScopeArg{0, checked_scope(name, nullptr)};
+    Datum datum = PG_GETARG_DATUM(argno);
+    Text t = text_view(datum);
+    return ScopeArg{datum, checked_scope(name, &t)};
+}
+
+Expiry expiry_arg(FunctionCallInfo fcinfo, int argno, const char* name, TimestampTz now,
+                  bool null_means_never)
+{
+    if (PG_ARGISNULL(argno)) {
+        if (!null_means_never)
+            ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("%s must not be NULL", name)));
+        return Expiry{true, 0};
+    }
+    Interval* ttl = PG_GETARG_INTERVAL_P(argno);
+    check_ttl(name, ttl->month, ttl->day, ttl->time);
+    Datum at = DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(now), PointerGetDatum(ttl));
+    return Expiry{false, DatumGetTimestampTz(at)};
+}
+
+const char* key_for_message(Key key)
+{
+    constexpr int max_chars = 64;
+    int len = static_cast<int>(key.text.size);
+    int clipped = pg_mbcharcliplen(key.text.data, len, max_chars);
+    return psprintf("\"%.*s\"%s", clipped, key.text.data, clipped < len ? "..." : "");
+}
+
+}  // namespace idem::pg

@@ -1,0 +1,25 @@
+// The one way pg_idem's PostgreSQL-side files include PostgreSQL's headers.
+//
+// Files that include this header live in the "PostgreSQL regime": they may
+// call functions that ereport(ERROR), which longjmps. Such code keeps only
+// plain data in its frames (palloc'd memory, POD structs, trivially
+// destructible views): never std::string, std::vector or a lock guard.
+#pragma once
+
+extern "C" {
+#include "postgres.h"
+#include "fmgr.h"
+}
+
+// Declares a SQL-callable function with C linkage. Its body must hand its
+// work to idem::pg::guarded() so that no C++ exception reaches PostgreSQL.
+#define IDEM_SQL_FUNCTION(name)        \
+    extern "C" {                       \
+    PG_FUNCTION_INFO_V1(name);         \
+    }                                  \
+    extern "C" Datum name(PG_FUNCTION_ARGS)
+
+// pg_idem's own SQLSTATEs (SPEC "Errors").
+#define IDEM_ERRCODE_REQUEST_MISMATCH MAKE_SQLSTATE('I', 'K', '0', '0', '1')
+#define IDEM_ERRCODE_NO_CLAIM_HELD    MAKE_SQLSTATE('I', 'K', '0', '0', '2')
+#define IDEM_ERRCODE_WRONG_STATE      MAKE_SQLSTATE('I', 'K', '0', '0', '3')

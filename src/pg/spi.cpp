@@ -1,0 +1,99 @@
+#include "pg/spi.hpp"
+
+extern "C" {
+#include "lib/stringinfo.h"
+#include "utils/builtins.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/syscache.h"
+}
+
+#include <cstring>
+
+namespace idem::pg {
+namespace {
+
+// The schema the plans were prepared for, and a generation that bumps
+// whenever it changes so that each Statement notices on its next use.
+Oid prepared_namespace = InvalidOid;
+char* prepared_schema = nullptr;  // quoted, in TopMemoryContext
+uint64 generation = 1;
+
+void namespace_changed(Datum, int, uint32)
+{
+    prepared_namespace = InvalidOid;
+}
+
+const char* extension_schema(FunctionCallInfo fcinfo)
+{
+    Oid nsp = get_func_namespace(fcinfo->flinfo->fn_oid);
+    if (nsp != prepared_namespace || prepared_schema == nullptr) {
+        char* name = get_namespace_name(nsp);
+        if (name == nullptr)
+            elog(ERROR, "pg_idem: schema %u of function %u vanished", nsp, fcinfo->flinfo->fn_oid);
+        const char* quoted = quote_identifier(name);
+        if (prepared_schema == nullptr || std::strcmp(prepared_schema, quoted) != 0) {
+            if (prepared_schema != nullptr)
+                pfree(prepared_schema);
+            prepared_schema = MemoryContextStrdup(TopMemoryContext, quoted);
+            generation++;
+        }
+        prepared_namespace = nsp;
+    }
+    return prepared_schema;
+}
+
+char* with_schema(const char* sql, const char* schema)
+{
+    static const char placeholder[] = "@extschema@";
+    StringInfoData out;
+    initStringInfo(&out);
+    for (const char* p = sql; *p;) {
+        const char* hit = std::strstr(p, placeholder);
+        if (hit == nullptr) {
+            appendStringInfoString(&out, p);
+            break;
+        }
+        appendBinaryStringInfo(&out, p, static_cast<int>(hit - p));
+        appendStringInfoString(&out, schema);
+        p = hit + sizeof placeholder - 1;
+    }
+    return out.data;
+}
+
+}  // namespace
+
+void spi_init()
+{
+    CacheRegisterSyscacheCallback(NAMESPACEOID, namespace_changed, 0);
+}
+
+uint64 run(Statement& stmt, FunctionCallInfo fcinfo, Datum* values, const char* nulls)
+{
+    const char* schema = extension_schema(fcinfo);
+    if (stmt.plan == nullptr || stmt.generation != generation) {
+        if (stmt.plan != nullptr) {
+            SPI_freeplan(stmt.plan);
+            stmt.plan = nullptr;
+        }
+        SPIPlanPtr plan = SPI_prepare(with_schema(stmt.sql, schema), stmt.nargs, stmt.argtypes);
+        if (plan == nullptr)
+            elog(ERROR, "pg_idem: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+        if (SPI_keepplan(plan) != 0)
+            elog(ERROR, "pg_idem: SPI_keepplan failed");
+        stmt.plan = plan;
+        stmt.generation = generation;
+    }
+    int rc = SPI_execute_plan(stmt.plan, values, nulls, false, 0);
+    if (rc < 0)
+        elog(ERROR, "pg_idem: SPI_execute_plan failed: %s", SPI_result_code_string(rc));
+    return SPI_processed;
+}
+
+Datum result_value(uint64 row, int col, bool* isnull)
+{
+    return SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, isnull);
+}
+
+}  // namespace idem::pg

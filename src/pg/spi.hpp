@@ -1,0 +1,40 @@
+// Statements pg_idem runs through SPI, each prepared once per backend.
+//
+// pg_idem reaches its tables only through SQL (SPEC "Beyond one machine"),
+// with every time computed here and passed as a parameter. The SQL text says
+// @extschema@ for the schema the extension lives in; it is resolved from the
+// calling function, and the plans are prepared again when that schema moves
+// or is renamed.
+#pragma once
+
+#include "pg/postgres.hpp"
+
+extern "C" {
+#include "executor/spi.h"
+}
+
+namespace idem::pg {
+
+constexpr int max_statement_args = 8;
+
+struct Statement {
+    const char* sql;
+    int nargs;
+    Oid argtypes[max_statement_args];
+    // Filled on first use.
+    SPIPlanPtr plan;
+    uint64 generation;
+};
+
+// Registers the invalidation callback; called once from _PG_init.
+void spi_init();
+
+// Runs `stmt` (inside SPI_connect) for the extension of the function that
+// `fcinfo` calls; `nulls` as SPI takes them (' ' or 'n'), NULL for none.
+// Returns SPI_processed; the rows are in SPI_tuptable.
+uint64 run(Statement& stmt, FunctionCallInfo fcinfo, Datum* values, const char* nulls);
+
+// Column `col` (1-based) of result row `row`.
+Datum result_value(uint64 row, int col, bool* isnull);
+
+}  // namespace idem::pg

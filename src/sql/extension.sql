@@ -1,0 +1,8 @@
+-- pg_idem install script, assembled by the Makefile from src/sql/*.sql.
+\echo Use "CREATE EXTENSION pg_idem" to load this file. \quit
+
+-- Security model (README "Security"): the idem_* tables belong to the
+-- extension's owner and no other role may read or write them directly. The
+-- functions that write them run as that owner (SECURITY DEFINER) with a pinned
+-- search_path, and are executable by PUBLIC unless the README says otherwise;
+-- a DBA may REVOKE EXECUTE ... FROM PUBLIC and grant a role of their own.
