@@ -1,3 +1,4 @@
+\set ECHO none
 -- Helpers for the pg_regress tests (sql/*.sql), included with \i.
 --
 -- error_of(sql) runs one statement and returns 'SQLSTATE: message', or
@@ -13,3 +14,4 @@ EXCEPTION WHEN OTHERS THEN
     RETURN SQLSTATE || ': ' || SQLERRM;
 END
 $$;
+\set ECHO all
