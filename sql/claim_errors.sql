@@ -38,7 +38,7 @@ SELECT sql, pg_temp.error_of(sql) FROM unnest(ARRAY[
     $$SELECT idem_claim('k', 'default', '1 month -30 days')$$,
     $$SELECT idem_claim('k', 'default', '1 day -86400 seconds')$$,
     $$SELECT idem_claim('k', 'default', '1001 years')$$,
-    $$SELECT idem_claim('k', 'default', '2000 years -1999 years')$$,
+    $$SELECT idem_claim('k', 'default', make_interval(years => 2000, days => -700000))$$,
     $$SELECT idem_claim('k', 'default', '178000000 years')$$,
     $$SELECT * FROM idem_begin('k', 'default', '-1 day')$$,
     $$SELECT * FROM idem_claim_many(ARRAY['k'], 'default', '0')$$,
