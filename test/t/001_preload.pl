@@ -1,0 +1,37 @@
+# pg_idem works without shared_preload_libraries and with it, and
+# DROP EXTENSION leaves nothing behind in either case.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+for my $preload (0, 1)
+{
+	my $label = $preload ? 'preloaded' : 'not preloaded';
+	my $node = PostgreSQL::Test::Cluster->new($preload ? 'preload' : 'plain');
+	$node->init;
+	$node->append_conf('postgresql.conf', "shared_preload_libraries = 'pg_idem'") if $preload;
+	$node->start;
+
+	is($node->safe_psql('postgres', q{SHOW shared_preload_libraries}),
+		$preload ? 'pg_idem' : '', "$label: shared_preload_libraries as configured");
+	$node->safe_psql('postgres', 'CREATE EXTENSION pg_idem');
+	is($node->safe_psql('postgres', q{SELECT idem_claim('k'), idem_claim('k')}),
+		't|f', "$label: a claim, then a duplicate");
+
+	# A claim survives a restart: it is a committed row.
+	$node->restart;
+	is($node->safe_psql('postgres', q{SELECT idem_claim('k')}),
+		'f', "$label: the claim survives a restart");
+
+	$node->safe_psql('postgres', 'DROP EXTENSION pg_idem');
+	is($node->safe_psql('postgres', q{
+		SELECT (SELECT count(*) FROM pg_class WHERE relname LIKE 'idem\_%')
+		     + (SELECT count(*) FROM pg_proc WHERE proname LIKE 'idem\_%')
+		     + (SELECT count(*) FROM pg_type WHERE typname LIKE '%idem\_%')}),
+		'0', "$label: DROP EXTENSION leaves nothing behind");
+	$node->stop;
+}
+
+done_testing();
