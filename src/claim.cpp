@@ -13,19 +13,20 @@
 #include "pg/args.hpp"
 #include "pg/guard.hpp"
 #include "pg/spi.hpp"
+#include "stats.hpp"
 
 extern "C" {
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "funcapi.h"
 #include "miscadmin.h"
-#include "tcop/utility.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 }
@@ -139,8 +140,10 @@ ClaimOutcome claim_core(const ClaimRequest& r, FunctionCallInfo fcinfo, MemoryCo
                                   TimestampTzGetDatum(r.expiry.at), Int64GetDatum(r.fingerprint)};
         const char insert_nulls[5] = {' ', ' ', ' ', r.expiry.never ? 'n' : ' ',
                                       r.has_fingerprint ? ' ' : 'n'};
-        if (pg::run(insert_claim, fcinfo, insert_values, insert_nulls) == 1)
+        if (pg::run(insert_claim, fcinfo, insert_values, insert_nulls) == 1) {
+            stats::count(stats::claim_new, r.scope.scope);
             return ClaimOutcome{ClaimStatus::new_claim, false, 0};
+        }
 
         // 2. A row holds the key; if its writer was still running, the INSERT
         //    waited for it. Read what is there now.
@@ -152,17 +155,26 @@ ClaimOutcome claim_core(const ClaimRequest& r, FunctionCallInfo fcinfo, MemoryCo
         TimestampTz expires_at = DatumGetTimestampTz(pg::result_value(0, 2, &never_expires));
         int64 stored_fp = DatumGetInt64(pg::result_value(0, 3, &fp_null));
         Datum response = pg::result_value(0, 4, &response_null);
+        TransactionId writer = DatumGetTransactionId(pg::result_value(0, 5, &isnull));
         if (!same_key)
             raise_hash_collision(r);
 
         if (is_live(never_expires, expires_at, r.now)) {
-            if (r.has_fingerprint && !fp_null && stored_fp != r.fingerprint)
+            // The claim's writer was still running when the calling statement
+            // started: the INSERT above waited for it to commit.
+            if (ActiveSnapshotSet() && XidInMVCCSnapshot(writer, GetActiveSnapshot()) &&
+                !TransactionIdIsCurrentTransactionId(writer))
+                stats::count(stats::claim_wait, r.scope.scope);
+            if (r.has_fingerprint && !fp_null && stored_fp != r.fingerprint) {
+                stats::count(stats::request_mismatch, r.scope.scope);
                 ereport(ERROR,
                         (errcode(IDEM_ERRCODE_REQUEST_MISMATCH),
                          errmsg("idempotency key reused with a different request"),
                          errdetail("Key %s in scope %s was claimed for a request that differs from this one.",
                                    pg::key_for_message(r.key.key), pg::key_for_message(Key{r.scope.scope.text})),
                          errhint("A retry must send the same request; a new request needs a new key.")));
+            }
+            stats::count(stats::claim_duplicate, r.scope.scope);
             ClaimOutcome replay{ClaimStatus::replay, !response_null, 0};
             if (!response_null) {
                 MemoryContext old = MemoryContextSwitchTo(result_cxt);
@@ -178,8 +190,10 @@ ClaimOutcome claim_core(const ClaimRequest& r, FunctionCallInfo fcinfo, MemoryCo
         Datum renew_values[4] = {TimestampTzGetDatum(r.now), TimestampTzGetDatum(r.expiry.at),
                                  Int64GetDatum(r.fingerprint), UUIDPGetDatum(&r.hash)};
         const char renew_nulls[4] = {' ', r.expiry.never ? 'n' : ' ', r.has_fingerprint ? ' ' : 'n', ' '};
-        if (pg::run(renew_claim, fcinfo, renew_values, renew_nulls) == 1)
+        if (pg::run(renew_claim, fcinfo, renew_values, renew_nulls) == 1) {
+            stats::count(stats::claim_new, r.scope.scope);
             return ClaimOutcome{ClaimStatus::new_claim, false, 0};
+        }
     }
     ereport(ERROR, (errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
                     errmsg("could not claim key %s: concurrent transactions kept changing it",
@@ -221,6 +235,7 @@ ClaimOutcome claim_nowait(const ClaimRequest& r, FunctionCallInfo fcinfo, Memory
             ReThrowError(edata);
         FreeErrorData(edata);
         outcome = ClaimOutcome{ClaimStatus::in_progress, false, 0};
+        stats::count(stats::claim_in_progress, r.scope.scope);
     }
     PG_END_TRY();
     return outcome;

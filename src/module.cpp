@@ -1,14 +1,27 @@
 // pg_idem's module entry: _PG_init only registers things.
 #include "pg/guard.hpp"
 #include "pg/spi.hpp"
+#include "purge.hpp"
+#include "stats.hpp"
 
 extern "C" {
+#include "miscadmin.h"
+#include "utils/guc.h"
+
 PG_MODULE_MAGIC;
 
 void _PG_init(void)
 {
     idem::pg::guarded([]() -> Datum {
         idem::pg::spi_init();
+        idem::purge::define_gucs();
+        // Shared memory and background workers exist only when the library
+        // is loaded at server start; claims need neither.
+        if (process_shared_preload_libraries_in_progress) {
+            idem::stats::init_preloaded();
+            idem::purge::register_workers();
+        }
+        MarkGUCPrefixReserved("pg_idem");
         return 0;
     });
 }

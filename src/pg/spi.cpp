@@ -25,13 +25,12 @@ void namespace_changed(Datum, int, uint32)
     prepared_namespace = InvalidOid;
 }
 
-const char* extension_schema(FunctionCallInfo fcinfo)
+const char* extension_schema(Oid nsp)
 {
-    Oid nsp = get_func_namespace(fcinfo->flinfo->fn_oid);
     if (nsp != prepared_namespace || prepared_schema == nullptr) {
         char* name = get_namespace_name(nsp);
         if (name == nullptr)
-            elog(ERROR, "pg_idem: schema %u of function %u vanished", nsp, fcinfo->flinfo->fn_oid);
+            elog(ERROR, "pg_idem: extension schema %u vanished", nsp);
         const char* quoted = quote_identifier(name);
         if (prepared_schema == nullptr || std::strcmp(prepared_schema, quoted) != 0) {
             if (prepared_schema != nullptr)
@@ -71,7 +70,24 @@ void spi_init()
 
 uint64 run(Statement& stmt, FunctionCallInfo fcinfo, Datum* values, const char* nulls)
 {
-    const char* schema = extension_schema(fcinfo);
+    return run(stmt, get_func_namespace(fcinfo->flinfo->fn_oid), values, nulls);
+}
+
+Oid installed_namespace()
+{
+    // (PostgreSQL 15 keeps get_extension_schema() to itself.)
+    int rc = SPI_execute("SELECT extnamespace FROM pg_catalog.pg_extension WHERE extname = 'pg_idem'", true, 1);
+    if (rc != SPI_OK_SELECT)
+        elog(ERROR, "pg_idem: looking up the extension failed: %s", SPI_result_code_string(rc));
+    if (SPI_processed == 0)
+        return InvalidOid;
+    bool isnull;
+    return DatumGetObjectId(result_value(0, 1, &isnull));
+}
+
+uint64 run(Statement& stmt, Oid extension_namespace, Datum* values, const char* nulls)
+{
+    const char* schema = extension_schema(extension_namespace);
     if (stmt.plan == nullptr || stmt.generation != generation) {
         if (stmt.plan != nullptr) {
             SPI_freeplan(stmt.plan);

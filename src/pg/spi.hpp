@@ -29,10 +29,18 @@ struct Statement {
 // Registers the invalidation callback; called once from _PG_init.
 void spi_init();
 
-// Runs `stmt` (inside SPI_connect) for the extension of the function that
-// `fcinfo` calls; `nulls` as SPI takes them (' ' or 'n'), NULL for none.
-// Returns SPI_processed; the rows are in SPI_tuptable.
+// Runs `stmt` (inside SPI_connect) for the extension installed in schema
+// `extension_namespace`; `nulls` as SPI takes them (' ' or 'n'), NULL for
+// none. Returns SPI_processed; the rows are in SPI_tuptable.
+uint64 run(Statement& stmt, Oid extension_namespace, Datum* values, const char* nulls);
+
+// The same, for the extension of the SQL function that `fcinfo` calls.
 uint64 run(Statement& stmt, FunctionCallInfo fcinfo, Datum* values, const char* nulls);
+
+// The schema pg_idem is installed in, in the current database; InvalidOid
+// when it is not installed. For code that no SQL function calls (the
+// worker); runs inside SPI_connect.
+Oid installed_namespace();
 
 // Column `col` (1-based) of result row `row`.
 Datum result_value(uint64 row, int col, bool* isnull);

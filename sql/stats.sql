@@ -1,0 +1,39 @@
+-- Statistics in shared memory (the test server preloads pg_idem; without
+-- preload the views refuse with 55000: test/t/001_preload.pl). Races
+-- (waits, in_progress) are counted in specs/claim-stats.spec.
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS pg_idem;
+RESET client_min_messages;
+\i test/regress_helpers.sql
+
+SELECT idem_stats_reset();
+SELECT stats_reset > now() - interval '1 minute' AS reset_just_now, new_claims, duplicates, rows_purged
+FROM idem_stats;
+SELECT count(*) AS scopes FROM idem_scope_stats;
+
+SELECT idem_claim('s-1', 'orders'), idem_claim('s-1', 'orders'), idem_claim('s-1', 'orders');
+SELECT idem_claim('s-2', 'orders'), idem_claim('s-1', 'payments');
+SELECT status FROM idem_begin('p-1', 'payments', request => '{"a": 1}');
+SELECT pg_temp.error_of($$SELECT * FROM idem_begin('p-1', 'payments', request => '{"a": 2}')$$);
+SELECT * FROM idem_claim_many(ARRAY['s-2', 's-3'], 'orders');
+SELECT idem_claim('short', 'orders', '1 millisecond');
+SELECT pg_sleep(0.01);
+SELECT idem_purge();
+
+SELECT new_claims, duplicates, waits, in_progress, request_mismatches, rows_purged, scope_events_dropped
+FROM idem_stats;
+SELECT scope, new_claims, duplicates, request_mismatches FROM idem_scope_stats ORDER BY scope;
+
+-- The per-scope table is bounded (pg_idem.max_scopes, 1000 here); events of
+-- scopes beyond it still count in idem_stats, and in scope_events_dropped.
+SHOW pg_idem.max_scopes;
+SELECT count(*) FILTER (WHERE idem_claim('k', 'scope-' || g)) FROM generate_series(1, 1000) g;
+SELECT count(*) AS scopes FROM idem_scope_stats;
+SELECT new_claims, scope_events_dropped FROM idem_stats;
+
+-- Reset empties both.
+SELECT idem_stats_reset();
+SELECT new_claims, duplicates, scope_events_dropped FROM idem_stats;
+SELECT count(*) AS scopes FROM idem_scope_stats;
+
+DELETE FROM idem_claims;

@@ -1,0 +1,141 @@
+// The background purge worker: one per database named in pg_idem.database,
+// registered at server start when pg_idem is preloaded. Each round is one
+// short transaction deleting at most pg_idem.purge_batch_size expired rows;
+// rounds follow each other while there is more to delete, and otherwise the
+// worker sleeps pg_idem.purge_interval. An error is logged and the worker
+// goes on after the interval; SIGTERM (shutdown) ends it between rounds.
+#include "purge.hpp"
+
+#include "pg/spi.hpp"
+
+extern "C" {
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/varlena.h"
+}
+
+#include <cstring>
+
+namespace idem::purge {
+namespace {
+
+// A crashed or failed worker is started again after this long.
+constexpr int restart_seconds = 10;
+
+// One round: returns how many rows it deleted, or -1 after an error.
+int64 purge_round()
+{
+    MemoryContext cxt = CurrentMemoryContext;
+    volatile int64 deleted = 0;
+    PG_TRY();
+    {
+        SetCurrentStatementStartTimestamp();
+        StartTransactionCommand();
+        if (SPI_connect() != SPI_OK_CONNECT)
+            elog(ERROR, "pg_idem: SPI_connect failed");
+        PushActiveSnapshot(GetTransactionSnapshot());
+        pgstat_report_activity(STATE_RUNNING, "pg_idem purge");
+        Oid nsp = pg::installed_namespace();
+        if (OidIsValid(nsp))
+            deleted = delete_expired(nsp, GetCurrentTimestamp(), batch_size);
+        SPI_finish();
+        PopActiveSnapshot();
+        CommitTransactionCommand();
+        pgstat_report_activity(STATE_IDLE, nullptr);
+    }
+    PG_CATCH();
+    {
+        MemoryContextSwitchTo(cxt);
+        EmitErrorReport();
+        FlushErrorState();
+        AbortCurrentTransaction();
+        pgstat_report_activity(STATE_IDLE, nullptr);
+        deleted = -1;
+    }
+    PG_END_TRY();
+    return deleted;
+}
+
+}  // namespace
+
+void register_workers()
+{
+    // PGC_POSTMASTER settings can only be defined at server start, which is
+    // also the only time workers can be registered.
+    DefineCustomStringVariable("pg_idem.database",
+                               "The databases the purge worker cleans, comma-separated; empty for none.",
+                               "Needs pg_idem in shared_preload_libraries; one worker per database.",
+                               &databases, "postgres", PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
+    if (databases == nullptr || databases[0] == '\0')
+        return;
+    char* list = pstrdup(databases);
+    List* names = NIL;
+    if (!SplitGUCList(list, ',', &names))
+        ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                        errmsg("pg_idem.database must be a comma-separated list of database names")));
+    ListCell* cell;
+    foreach (cell, names) {
+        const char* db = static_cast<const char*>(lfirst(cell));
+        if (std::strlen(db) >= BGW_EXTRALEN)
+            ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                            errmsg("pg_idem.database: database name \"%s\" is too long", db)));
+        BackgroundWorker worker;
+        std::memset(&worker, 0, sizeof worker);
+        worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+        // Only where writes are possible: on a primary, or once a standby is promoted.
+        worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+        worker.bgw_restart_time = restart_seconds;
+        snprintf(worker.bgw_library_name, BGW_MAXLEN, "pg_idem");
+        snprintf(worker.bgw_function_name, BGW_MAXLEN, "idem_purge_worker_main");
+        snprintf(worker.bgw_name, BGW_MAXLEN, "pg_idem purge worker for %s", db);
+        snprintf(worker.bgw_type, BGW_MAXLEN, "pg_idem purge worker");
+        std::strcpy(worker.bgw_extra, db);
+        RegisterBackgroundWorker(&worker);
+    }
+}
+
+}  // namespace idem::purge
+
+extern "C" PGDLLEXPORT void idem_purge_worker_main(Datum arg);
+
+void idem_purge_worker_main(Datum)
+{
+    using namespace idem::purge;
+    pqsignal(SIGHUP, SignalHandlerForConfigReload);
+    pqsignal(SIGTERM, die);
+    BackgroundWorkerUnblockSignals();
+
+    char database[BGW_EXTRALEN];
+    std::memcpy(database, MyBgworkerEntry->bgw_extra, BGW_EXTRALEN);
+    BackgroundWorkerInitializeConnection(database, nullptr, 0);
+    pgstat_report_appname("pg_idem purge worker");
+    ereport(LOG, (errmsg("pg_idem purge worker started for database \"%s\"", database)));
+
+    MemoryContext round_cxt = AllocSetContextCreate(TopMemoryContext, "pg_idem purge", ALLOCSET_DEFAULT_SIZES);
+    for (;;) {
+        MemoryContextSwitchTo(round_cxt);
+        int64 deleted = purge_round();
+        MemoryContextReset(round_cxt);
+
+        // A full batch means more may be waiting: go on at once.
+        long sleep_ms = deleted >= batch_size ? 0 : interval_ms;
+        (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, sleep_ms, PG_WAIT_EXTENSION);
+        ResetLatch(MyLatch);
+        CHECK_FOR_INTERRUPTS();
+        if (ConfigReloadPending) {
+            ConfigReloadPending = false;
+            ProcessConfigFile(PGC_SIGHUP);
+        }
+    }
+}

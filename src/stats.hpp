@@ -1,0 +1,38 @@
+// Statistics in shared memory (SPEC "Observability"): counters since the
+// last idem_stats_reset(), for the whole server and per scope. They exist
+// only when pg_idem is in shared_preload_libraries; otherwise counting is a
+// no-op and the views refuse with 55000 rather than show zeros.
+#pragma once
+
+#include "core/key.hpp"
+
+#include <cstdint>
+
+namespace idem::stats {
+
+// The events counted. Those up to token_refused are also counted per scope.
+enum Event : int {
+    claim_new,
+    claim_duplicate,
+    claim_wait,          // waited for a transaction holding the key, which then committed
+    claim_in_progress,   // idem_begin(wait => false) answered in_progress
+    request_mismatch,    // IK001
+    token_issued,
+    token_consumed,
+    token_refused,
+    decrement_done,
+    decrement_insufficient,
+    lease_granted,
+    lease_refused,
+    rows_purged,
+    event_count
+};
+constexpr int scope_event_count = token_refused + 1;
+
+// From _PG_init while shared_preload_libraries loads pg_idem.
+void init_preloaded();
+
+void count(Event event, uint64_t n = 1);
+void count(Event event, Scope scope, uint64_t n = 1);
+
+}  // namespace idem::stats
