@@ -20,6 +20,20 @@ for my $preload (0, 1)
 	is($node->safe_psql('postgres', q{SELECT idem_claim('k'), idem_claim('k')}),
 		't|f', "$label: a claim, then a duplicate");
 
+	# Statistics live in shared memory: only with preload; without it the
+	# views refuse (55000) instead of showing zeros.
+	my ($ret, $stdout, $stderr) = $node->psql('postgres', "\\set VERBOSITY verbose\nSELECT new_claims FROM idem_stats");
+	if ($preload)
+	{
+		is($stdout, '1', "$label: idem_stats counts the new claim");
+	}
+	else
+	{
+		like($stderr, qr/ERROR:  55000: pg_idem statistics need pg_idem in shared_preload_libraries/,
+			"$label: idem_stats refuses with 55000");
+		like($stderr, qr/HINT:  Add pg_idem to shared_preload_libraries/, "$label: and says how to fix it");
+	}
+
 	# A claim survives a restart: it is a committed row.
 	$node->restart;
 	is($node->safe_psql('postgres', q{SELECT idem_claim('k')}),

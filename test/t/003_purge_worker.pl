@@ -1,0 +1,106 @@
+# The background purge worker: purges expired rows on its own, leaves live
+# ones, logs an error and carries on, comes back after a restart, stops
+# cleanly on shutdown, and counts what it purged.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = PostgreSQL::Test::Cluster->new('purge');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'pg_idem'
+pg_idem.database = 'postgres'
+pg_idem.purge_interval = '100ms'
+pg_idem.purge_batch_size = 1000
+});
+$node->start;
+$node->safe_psql('postgres', 'CREATE EXTENSION pg_idem');
+
+ok($node->poll_query_until('postgres',
+	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_idem purge worker'}),
+	'one purge worker runs for the database');
+ok($node->log_contains('pg_idem purge worker started for database "postgres"'), 'it says so in the log');
+
+# 5,000 claims that expire at once, 100 that live an hour, 10 forever.
+$node->safe_psql('postgres', q{
+	SELECT count(idem_claim('gone-' || g, 'w', '1 millisecond')) FROM generate_series(1, 5000) g;
+	SELECT count(idem_claim('kept-' || g, 'w', '1 hour')) FROM generate_series(1, 100) g;
+	SELECT count(idem_claim('forever-' || g, 'w')) FROM generate_series(1, 10) g;
+});
+ok($node->poll_query_until('postgres', q{SELECT count(*) = 110 FROM idem_claims}),
+	'the worker purges the expired claims on its own, in batches');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM idem_claims WHERE key LIKE 'gone-%'}),
+	'0', 'no expired claim is left');
+is($node->safe_psql('postgres', q{SELECT rows_purged >= 5000 FROM idem_stats}),
+	't', 'idem_stats counts the rows it purged');
+
+# An error (here: a lock_timeout while a DBA holds the table) is logged and
+# the same worker carries on once the table is free.
+my $pid = $node->safe_psql('postgres',
+	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_idem purge worker'});
+$node->safe_psql('postgres', q{ALTER DATABASE postgres SET lock_timeout = '50ms'});
+$node->safe_psql('postgres', q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'pg_idem purge worker'});
+ok($node->poll_query_until('postgres',
+	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_idem purge worker'}),
+	'a terminated worker is started again');
+$pid = $node->safe_psql('postgres',
+	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_idem purge worker'});
+$node->safe_psql('postgres', q{SELECT count(idem_claim('late-' || g, 'w', '1 millisecond')) FROM generate_series(1, 50) g});
+my $size_before_lock = -s $node->logfile;
+my ($in, $out, $err) = ('', '', '');
+my $h = IPC::Run::start(
+	[ 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('postgres') ],
+	'<', \$in, '>', \$out, '2>', \$err);
+$in .= "BEGIN; LOCK idem_claims IN ACCESS EXCLUSIVE MODE; SELECT 'locked';\n";
+$h->pump until $out =~ /locked/;
+ok(wait_for_log($node, qr/canceling statement due to lock timeout/, $size_before_lock),
+	'the worker logs the error it met');
+$in .= "COMMIT;\n\\q\n";
+$h->finish;
+ok($node->poll_query_until('postgres', q{SELECT count(*) = 0 FROM idem_claims WHERE key LIKE 'late-%'}),
+	'and purges once the table is free');
+is($node->safe_psql('postgres',
+	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_idem purge worker'}),
+	$pid, 'the same worker carried on after the error');
+$node->safe_psql('postgres', q{ALTER DATABASE postgres RESET lock_timeout});
+
+# After a restart the worker is back and the live claims are intact.
+$node->restart;
+ok($node->poll_query_until('postgres',
+	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_idem purge worker'}),
+	'the worker is back after a restart');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM idem_claims}), '110', 'live claims survive');
+
+# A database without the extension is left alone, without errors.
+$node->safe_psql('postgres', 'DROP EXTENSION pg_idem');
+my $size_before_drop = -s $node->logfile;
+sleep 1;
+unlike(slurp_from($node->logfile, $size_before_drop), qr/ERROR/, 'no errors where pg_idem is not installed');
+
+# Shutdown stops it cleanly: a fast stop that would hang on a stuck worker.
+$node->stop('fast');
+ok(1, 'the server stopped with the worker running');
+
+done_testing();
+
+sub slurp_from
+{
+	my ($file, $offset) = @_;
+	open my $fh, '<', $file or die "open $file: $!";
+	seek $fh, $offset, 0;
+	local $/;
+	return <$fh> // '';
+}
+
+sub wait_for_log
+{
+	my ($node, $re, $offset) = @_;
+	for (1 .. 100)
+	{
+		return 1 if slurp_from($node->logfile, $offset) =~ $re;
+		select undef, undef, undef, 0.1;
+	}
+	return 0;
+}
