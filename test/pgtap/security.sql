@@ -1,0 +1,65 @@
+-- The security model (README "Security"): ordinary roles cannot write the
+-- tables; SECURITY DEFINER functions cannot be redirected by objects a
+-- hostile user creates in public or pg_temp; operator functions are not
+-- for PUBLIC; monitoring roles read statistics.
+\set ON_ERROR_STOP 1
+\set QUIET 1
+\pset format unaligned
+\pset tuples_only true
+\pset pager off
+
+BEGIN;
+SELECT plan(16);
+
+CREATE SCHEMA idem;
+CREATE EXTENSION pg_idem SCHEMA idem;
+CREATE ROLE idem_tap_hostile LOGIN;
+GRANT USAGE ON SCHEMA idem TO idem_tap_hostile;
+GRANT CREATE ON SCHEMA public TO idem_tap_hostile;
+
+-- Direct writes are refused.
+SET ROLE idem_tap_hostile;
+SELECT throws_ok($$INSERT INTO idem.idem_claims (scope, key, claimed_at) VALUES ('s', 'k', now())$$, '42501', NULL,
+                 'an ordinary role cannot insert a claim directly');
+SELECT throws_ok($$UPDATE idem.idem_claims SET response = '{}'$$, '42501', NULL, 'nor update one');
+SELECT throws_ok($$TRUNCATE idem.idem_claims$$, '42501', NULL, 'nor truncate the table');
+SELECT throws_ok($$SELECT idem.idem_purge()$$, '42501', NULL, 'nor run the purge');
+SELECT throws_ok($$SELECT idem.idem_stats_reset()$$, '42501', NULL, 'nor reset statistics');
+
+-- Decoys: a table, a hash function and an equality operator in public, and
+-- a temporary table, all with the names pg_idem uses. If a SECURITY DEFINER
+-- function resolved any of them it would run the hostile code as the
+-- extension's owner; each decoy records that it was touched.
+CREATE TABLE public.decoy_log (what text);
+GRANT INSERT ON public.decoy_log TO PUBLIC;
+CREATE TABLE public.idem_claims (scope text, key text, claimed_at timestamptz, expires_at timestamptz, response jsonb, request_fp bigint);
+CREATE FUNCTION public.idem_key_hash(scope text, key text) RETURNS uuid LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO public.decoy_log VALUES ('hash'); RETURN '00000000-0000-0000-0000-000000000000'; END $$;
+CREATE FUNCTION public.decoy_texteq(a text, b text) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO public.decoy_log VALUES ('='); RETURN true; END $$;
+CREATE OPERATOR public.= (LEFTARG = text, RIGHTARG = text, FUNCTION = public.decoy_texteq);
+CREATE TEMP TABLE idem_claims (scope text, key text, claimed_at timestamptz, expires_at timestamptz, response jsonb, request_fp bigint);
+SET search_path = pg_temp, public, idem;
+
+SELECT is(idem.idem_claim('target'), true, 'with decoys on search_path a new key is still claimed');
+SELECT is(idem.idem_claim('target'), false, 'and its retry is still a duplicate');
+SELECT is((SELECT status FROM idem.idem_begin('target')), 'replay', 'idem_begin too');
+SELECT is((SELECT count(*)::int FROM idem.idem_claim_many(ARRAY['target', 'other']) WHERE claimed), 1, 'idem_claim_many too');
+SELECT is((SELECT count(*)::int FROM pg_temp.idem_claims) + (SELECT count(*)::int FROM public.idem_claims), 0,
+          'nothing was written to the decoy tables');
+SELECT is((SELECT count(*)::int FROM public.decoy_log), 0, 'no decoy function or operator ran');
+RESET search_path;
+RESET ROLE;
+
+SELECT is((SELECT count(*)::int FROM idem.idem_claims WHERE key IN ('target', 'other')), 2,
+          'the claims are in the extension''s table');
+
+-- Monitoring: pg_monitor may read the statistics views; PUBLIC may not.
+SELECT ok(has_table_privilege('pg_monitor', 'idem.idem_stats', 'SELECT'), 'pg_monitor reads idem_stats');
+SELECT ok(has_table_privilege('pg_monitor', 'idem.idem_scope_stats', 'SELECT'), 'pg_monitor reads idem_scope_stats');
+SELECT ok(NOT has_table_privilege('idem_tap_hostile', 'idem.idem_stats', 'SELECT'), 'PUBLIC does not');
+SELECT ok(NOT has_function_privilege('idem_tap_hostile', 'idem.idem_forget(text, text)', 'EXECUTE'),
+          'idem_forget is not for PUBLIC');
+
+SELECT * FROM finish();
+ROLLBACK;
