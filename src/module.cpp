@@ -3,6 +3,7 @@
 #include "pg/spi.hpp"
 #include "purge.hpp"
 #include "stats.hpp"
+#include "stock.hpp"
 
 extern "C" {
 #include "miscadmin.h"
@@ -19,6 +20,7 @@ void _PG_init(void)
         // is loaded at server start; claims need neither.
         if (process_shared_preload_libraries_in_progress) {
             idem::stats::init_preloaded();
+            idem::stock::init_preloaded();
             idem::purge::register_workers();
         }
         MarkGUCPrefixReserved("pg_idem");

@@ -1,12 +1,14 @@
 // The background purge worker: one per database named in pg_idem.database,
 // registered at server start when pg_idem is preloaded. Each round is one
-// short transaction deleting at most pg_idem.purge_batch_size expired rows;
+// short transaction deleting at most pg_idem.purge_batch_size expired rows
+// and folding as many committed hot-stock ledger rows into their items;
 // rounds follow each other while there is more to delete, and otherwise the
 // worker sleeps pg_idem.purge_interval. An error is logged and the worker
 // goes on after the interval; SIGTERM (shutdown) ends it between rounds.
 #include "purge.hpp"
 
 #include "pg/spi.hpp"
+#include "stock.hpp"
 
 extern "C" {
 #include "access/xact.h"
@@ -33,7 +35,7 @@ namespace {
 // A crashed or failed worker is started again after this long.
 constexpr int restart_seconds = 10;
 
-// One round: returns how many rows it deleted, or -1 after an error.
+// One round: returns how many rows it deleted or folded, or -1 after an error.
 int64 purge_round()
 {
     MemoryContext cxt = CurrentMemoryContext;
@@ -47,8 +49,10 @@ int64 purge_round()
         PushActiveSnapshot(GetTransactionSnapshot());
         pgstat_report_activity(STATE_RUNNING, "pg_idem purge");
         Oid nsp = pg::installed_namespace();
-        if (OidIsValid(nsp))
+        if (OidIsValid(nsp)) {
             deleted = delete_expired(nsp, GetCurrentTimestamp(), batch_size);
+            deleted += stock::fold_committed_ledger(nsp, batch_size);
+        }
         SPI_finish();
         PopActiveSnapshot();
         CommitTransactionCommand();

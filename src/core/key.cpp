@@ -34,6 +34,11 @@ Scope checked_scope(const char* arg_name, const Text* text)
     return Scope{checked_text(arg_name, text, max_scope_bytes)};
 }
 
+Item checked_item(const char* arg_name, const Text* text)
+{
+    return Item{checked_text(arg_name, text, max_item_bytes)};
+}
+
 void check_ttl(const char* arg_name, int32_t months, int32_t days, int64_t microseconds)
 {
     // Judge the interval as PostgreSQL orders intervals: a month is 30 days.

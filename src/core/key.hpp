@@ -28,10 +28,17 @@ struct Scope {
     Text text;
 };
 
+// A hot-stock item's name (src/stock.cpp).
+inline constexpr size_t max_item_bytes = 128;
+struct Item {
+    Text text;
+};
+
 // Validate an argument: `arg_name` names it in the error ("key", "keys[3]").
 // `text` is nullptr for SQL NULL. Throws idem::Error (22004, 22023, 22001).
 Key checked_key(const char* arg_name, const Text* text);
 Scope checked_scope(const char* arg_name, const Text* text);
+Item checked_item(const char* arg_name, const Text* text);
 
 // A TTL as PostgreSQL's interval holds it. Throws 22023 unless it is positive
 // and at most max_ttl_years (so that now() + ttl can never overflow).

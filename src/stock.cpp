@@ -1,0 +1,550 @@
+// Hot stock (SPEC "Hot stock"): many buyers take units of one item without
+// queueing behind one row lock held through each commit.
+//
+// The escrow method. The durable record is two tables: idem_stock_items
+// (item, level) and the append-only idem_stock_ledger (item, delta); an
+// item's level is its row's level plus its ledger rows. A take or an add
+// appends one ledger row in the caller's transaction (an INSERT locks no
+// shared row), and the purge worker folds committed ledger rows into the item
+// rows in the background.
+//
+// Whether a take may proceed is decided in shared memory, where each item
+// has `level` (units after every committed take and add) and `in_flight`
+// (units taken by transactions still running). A take reserves units by
+// raising in_flight under a spinlock only while level - in_flight covers it;
+// its transaction's end settles the reservation: commit lowers level, abort
+// (or rollback of the savepoint) just gives the units back. So the level
+// never goes below zero and no unit is sold twice. When the units missing
+// are only held by transactions in flight, a take waits for one of them on
+// its transaction lock (which honours lock_timeout and deadlock detection)
+// and looks again: false means the shortfall is real.
+//
+// Shared memory is rebuilt from the tables on first use after a start, a
+// crash or a promotion: everything in flight then has ended, and the tables
+// hold exactly the committed state. A transaction holding units cannot be
+// prepared for two-phase commit (0A000): its reservation lives in this
+// backend, which a prepared transaction outlives.
+#include "stock.hpp"
+
+#include "core/key.hpp"
+#include "pg/args.hpp"
+#include "pg/guard.hpp"
+#include "pg/spi.hpp"
+
+extern "C" {
+#include "access/transam.h"
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "common/int.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/lmgr.h"
+#include "storage/lwlock.h"
+#include "storage/procarray.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+}
+
+#include <cstring>
+
+namespace idem::stock {
+namespace {
+
+// Recent takers of an item, kept so that a take short of units can wait for
+// one of them. With more takers in flight than this a waiter polls instead.
+constexpr int holder_slots = 16;
+
+struct EntryKey {
+    Oid database;
+    Oid items_table;  // a re-created extension has a new table, and starts afresh
+    char item[max_item_bytes + 1];
+};
+
+struct Entry {
+    EntryKey key;
+    slock_t mutex;  // guards the fields below
+    int64 level;
+    int64 in_flight;
+    TransactionId holders[holder_slots];
+    int next_holder;
+};
+
+LWLock* entries_lock = nullptr;  // guards the membership of `entries`
+HTAB* entries = nullptr;
+int max_items = 10000;  // pg_idem.max_stock_items
+
+shmem_request_hook_type prev_shmem_request_hook = nullptr;
+shmem_startup_hook_type prev_shmem_startup_hook = nullptr;
+
+// This transaction's takes and adds, settled when it ends. In
+// TopTransactionContext; reset by the transaction callbacks.
+struct Change {
+    Entry* entry;
+    int64 delta;     // -n for a take, +n for an add
+    bool reserved;   // a take: delta's units are counted in entry->in_flight
+    SubTransactionId subid;
+};
+Change* changes = nullptr;
+int n_changes = 0;
+int max_changes = 0;
+
+pg::Statement load_item = {
+    "SELECT (i.level + coalesce((SELECT sum(l.delta) FROM @extschema@.idem_stock_ledger l "
+    "                            WHERE l.item = i.item), 0))::bigint "
+    "FROM @extschema@.idem_stock_items i WHERE i.item = $1",
+    1, {TEXTOID}};
+
+pg::Statement create_item = {
+    "INSERT INTO @extschema@.idem_stock_items (item, level) VALUES ($1, 0) ON CONFLICT (item) DO NOTHING",
+    1, {TEXTOID}};
+
+pg::Statement append_ledger = {
+    "INSERT INTO @extschema@.idem_stock_ledger (item, delta) VALUES ($1, $2)",
+    2, {TEXTOID, INT8OID}};
+
+pg::Statement all_items = {
+    "SELECT i.item, (i.level + coalesce(l.delta, 0))::bigint "
+    "FROM @extschema@.idem_stock_items i "
+    "LEFT JOIN (SELECT item, sum(delta) AS delta FROM @extschema@.idem_stock_ledger GROUP BY item) l "
+    "ON l.item = i.item ORDER BY i.item",
+    0, {}};
+
+// Move committed ledger rows into their items' levels, in one statement so
+// that the sum of an item's row and its ledger never changes.
+pg::Statement fold_ledger = {
+    "WITH moved AS (DELETE FROM @extschema@.idem_stock_ledger "
+    "               WHERE ctid = ANY (ARRAY(SELECT ctid FROM @extschema@.idem_stock_ledger LIMIT $1)) "
+    "               RETURNING item, delta), "
+    "     sums AS (SELECT item, sum(delta)::bigint AS delta FROM moved GROUP BY item) "
+    "UPDATE @extschema@.idem_stock_items i SET level = i.level + s.delta FROM sums s WHERE i.item = s.item",
+    1, {INT8OID}};
+
+void request_shmem()
+{
+    if (prev_shmem_request_hook)
+        prev_shmem_request_hook();
+    RequestAddinShmemSpace(hash_estimate_size(max_items, sizeof(Entry)));
+    RequestNamedLWLockTranche("pg_idem stock", 1);
+}
+
+void startup_shmem()
+{
+    if (prev_shmem_startup_hook)
+        prev_shmem_startup_hook();
+    LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+    entries_lock = &(GetNamedLWLockTranche("pg_idem stock"))->lock;
+    HASHCTL info;
+    std::memset(&info, 0, sizeof info);
+    info.keysize = sizeof(EntryKey);
+    info.entrysize = sizeof(Entry);
+    entries = ShmemInitHash("pg_idem stock", max_items, max_items, &info, HASH_ELEM | HASH_BLOBS);
+    LWLockRelease(AddinShmemInitLock);
+}
+
+void require_preloaded()
+{
+    if (entries == nullptr)
+        ereport(ERROR,
+                (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                 errmsg("pg_idem hot stock needs pg_idem in shared_preload_libraries"),
+                 errhint("Add pg_idem to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+struct ItemArg {
+    Datum datum;
+    Item item;
+};
+
+ItemArg item_arg(FunctionCallInfo fcinfo, int argno)
+{
+    if (PG_ARGISNULL(argno))
+        return ItemArg{0, checked_item("item", nullptr)};
+    text* t = PG_GETARG_TEXT_PP(argno);
+    Text view{VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)};
+    return ItemArg{PointerGetDatum(t), checked_item("item", &view)};
+}
+
+int64 units_arg(FunctionCallInfo fcinfo, int argno)
+{
+    if (PG_ARGISNULL(argno))
+        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("n must not be NULL")));
+    int64 n = PG_GETARG_INT64(argno);
+    if (n <= 0)
+        ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                        errmsg("n must be a positive number of units, got " INT64_FORMAT, n)));
+    return n;
+}
+
+EntryKey entry_key(Oid nsp, const Item& item)
+{
+    EntryKey key;
+    std::memset(&key, 0, sizeof key);
+    key.database = MyDatabaseId;
+    key.items_table = get_relname_relid("idem_stock_items", nsp);
+    std::memcpy(key.item, item.text.data, item.text.size);
+    return key;
+}
+
+[[noreturn]] void raise_unknown_item(const Item& item)
+{
+    ereport(ERROR, (errcode(ERRCODE_NO_DATA_FOUND),
+                    errmsg("item %s is not stocked", pg::key_for_message(Key{item.text})),
+                    errhint("Add units with idem_stock_add() first.")));
+    pg_unreachable();
+}
+
+// The committed level from the tables; false if the item does not exist.
+bool level_from_tables(Oid nsp, Datum item, int64* level)
+{
+    Datum values[1] = {item};
+    if (pg::run(load_item, nsp, values, nullptr) == 0)
+        return false;
+    bool isnull;
+    *level = DatumGetInt64(pg::result_value(0, 1, &isnull));
+    return true;
+}
+
+// The item's entry, loaded from the tables if this server has not seen it
+// since it started; nullptr if the item does not exist. Runs inside SPI.
+Entry* entry_for(const EntryKey& key, Oid nsp, Datum item)
+{
+    LWLockAcquire(entries_lock, LW_SHARED);
+    auto* entry = static_cast<Entry*>(hash_search(entries, &key, HASH_FIND, nullptr));
+    LWLockRelease(entries_lock);
+    if (entry != nullptr)
+        return entry;
+
+    // Read the tables without holding the lock (the query may wait). Nothing
+    // can change an item's committed level while it has no entry, so two
+    // backends loading at once read the same level; the first one in wins.
+    int64 level;
+    if (!level_from_tables(nsp, item, &level))
+        return nullptr;
+    LWLockAcquire(entries_lock, LW_EXCLUSIVE);
+    bool found;
+    entry = static_cast<Entry*>(hash_search(entries, &key, HASH_FIND, nullptr));
+    if (entry == nullptr) {
+        if (hash_get_num_entries(entries) >= max_items) {
+            LWLockRelease(entries_lock);
+            ereport(ERROR, (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+                            errmsg("pg_idem hot stock holds %d items, its maximum", max_items),
+                            errhint("Raise pg_idem.max_stock_items and restart the server.")));
+        }
+        entry = static_cast<Entry*>(hash_search(entries, &key, HASH_ENTER, &found));
+        SpinLockInit(&entry->mutex);
+        entry->level = level;
+        entry->in_flight = 0;
+        for (auto& h : entry->holders)
+            h = InvalidTransactionId;
+        entry->next_holder = 0;
+    }
+    LWLockRelease(entries_lock);
+    return entry;
+}
+
+// Room for one more Change, made before anything is reserved in shared
+// memory so that recording the reservation cannot fail.
+void make_room_for_change()
+{
+    if (n_changes < max_changes)
+        return;
+    int new_max = max_changes == 0 ? 8 : max_changes * 2;
+    if (changes == nullptr)
+        changes = static_cast<Change*>(MemoryContextAlloc(TopTransactionContext, sizeof(Change) * new_max));
+    else
+        changes = static_cast<Change*>(repalloc(changes, sizeof(Change) * new_max));
+    max_changes = new_max;
+}
+
+// This transaction's own uncommitted effect on an entry: the units it took
+// (as a positive number) and its net delta.
+void own_changes(const Entry* entry, int64* taken, int64* delta)
+{
+    *taken = 0;
+    *delta = 0;
+    for (int i = 0; i < n_changes; i++) {
+        if (changes[i].entry != entry)
+            continue;
+        *delta += changes[i].delta;
+        if (changes[i].reserved)
+            *taken -= changes[i].delta;
+    }
+}
+
+// Settle a change at its (sub)transaction's end: committed, the level moves;
+// either way a take's units leave in_flight.
+void settle(const Change& change, bool committed)
+{
+    SpinLockAcquire(&change.entry->mutex);
+    if (committed)
+        change.entry->level += change.delta;
+    if (change.reserved)
+        change.entry->in_flight += change.delta;
+    SpinLockRelease(&change.entry->mutex);
+}
+
+void forget_changes()
+{
+    changes = nullptr;  // freed with TopTransactionContext
+    n_changes = 0;
+    max_changes = 0;
+}
+
+void on_xact(XactEvent event, void*)
+{
+    switch (event) {
+    case XACT_EVENT_PRE_PREPARE:
+        if (n_changes > 0)
+            ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+                            errmsg("cannot prepare a transaction that took or added hot stock"),
+                            errdetail("Its units are held in this session, which a prepared transaction outlives.")));
+        break;
+    case XACT_EVENT_COMMIT:
+    case XACT_EVENT_ABORT:
+        for (int i = 0; i < n_changes; i++)
+            settle(changes[i], event == XACT_EVENT_COMMIT);
+        forget_changes();
+        break;
+    default:
+        break;
+    }
+}
+
+void on_subxact(SubXactEvent event, SubTransactionId subid, SubTransactionId parent_subid, void*)
+{
+    if (event == SUBXACT_EVENT_COMMIT_SUB) {
+        for (int i = 0; i < n_changes; i++)
+            if (changes[i].subid == subid)
+                changes[i].subid = parent_subid;
+    } else if (event == SUBXACT_EVENT_ABORT_SUB) {
+        int kept = 0;
+        for (int i = 0; i < n_changes; i++) {
+            if (changes[i].subid == subid)
+                settle(changes[i], false);
+            else
+                changes[kept++] = changes[i];
+        }
+        n_changes = kept;
+    }
+}
+
+void connect_spi()
+{
+    if (SPI_connect() != SPI_OK_CONNECT)
+        elog(ERROR, "pg_idem: SPI_connect failed");
+}
+
+}  // namespace
+
+void init_preloaded()
+{
+    DefineCustomIntVariable("pg_idem.max_stock_items",
+                            "How many hot-stock items shared memory can hold.",
+                            nullptr, &max_items, 10000, 1, 10000000, PGC_POSTMASTER, 0,
+                            nullptr, nullptr, nullptr);
+    prev_shmem_request_hook = shmem_request_hook;
+    shmem_request_hook = request_shmem;
+    prev_shmem_startup_hook = shmem_startup_hook;
+    shmem_startup_hook = startup_shmem;
+    RegisterXactCallback(on_xact, nullptr);
+    RegisterSubXactCallback(on_subxact, nullptr);
+}
+
+int64 fold_committed_ledger(Oid extension_namespace, int64 max_rows)
+{
+    Datum values[1] = {Int64GetDatum(max_rows)};
+    return static_cast<int64>(pg::run(fold_ledger, extension_namespace, values, nullptr));
+}
+
+}  // namespace idem::stock
+
+using namespace idem;
+using namespace idem::stock;
+
+// idem_stock_add(item text, n bigint) RETURNS bigint
+IDEM_SQL_FUNCTION(idem_stock_add)
+{
+    return pg::guarded([&]() -> Datum {
+        require_preloaded();
+        PreventCommandIfReadOnly("idem_stock_add()");
+        ItemArg item = item_arg(fcinfo, 0);
+        int64 n = units_arg(fcinfo, 1);
+        Oid nsp = get_func_namespace(fcinfo->flinfo->fn_oid);
+        EntryKey key = entry_key(nsp, item.item);
+
+        connect_spi();
+        Datum item_values[1] = {item.datum};
+        Entry* entry = entry_for(key, nsp, item.datum);
+        if (entry == nullptr) {
+            pg::run(create_item, nsp, item_values, nullptr);
+            entry = entry_for(key, nsp, item.datum);
+        }
+        int64 taken, delta;
+        own_changes(entry, &taken, &delta);
+        SpinLockAcquire(&entry->mutex);
+        int64 level = entry->level;
+        SpinLockRelease(&entry->mutex);
+        int64 seen;
+        if (pg_add_s64_overflow(level, delta, &seen) || pg_add_s64_overflow(seen, n, &seen))
+            ereport(ERROR, (errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+                            errmsg("n = " INT64_FORMAT " would take item %s beyond the bigint range", n,
+                                   pg::key_for_message(Key{item.item.text}))));
+
+        make_room_for_change();
+        changes[n_changes++] = Change{entry, n, false, GetCurrentSubTransactionId()};
+        Datum ledger_values[2] = {item.datum, Int64GetDatum(n)};
+        pg::run(append_ledger, nsp, ledger_values, nullptr);
+        SPI_finish();
+        PG_RETURN_INT64(seen);
+    });
+}
+
+// idem_stock_take(item text, n bigint) RETURNS boolean
+IDEM_SQL_FUNCTION(idem_stock_take)
+{
+    return pg::guarded([&]() -> Datum {
+        require_preloaded();
+        PreventCommandIfReadOnly("idem_stock_take()");
+        ItemArg item = item_arg(fcinfo, 0);
+        int64 n = units_arg(fcinfo, 1);
+        Oid nsp = get_func_namespace(fcinfo->flinfo->fn_oid);
+        EntryKey key = entry_key(nsp, item.item);
+
+        connect_spi();
+        Entry* entry = entry_for(key, nsp, item.datum);
+        if (entry == nullptr)
+            raise_unknown_item(item.item);
+        TransactionId me = GetTopTransactionId();  // the ledger row needs it; waiters wait on it
+        make_room_for_change();
+
+        for (;;) {
+            int64 taken, delta;
+            own_changes(entry, &taken, &delta);
+            TransactionId holders[holder_slots];
+            int64 level;
+            SpinLockAcquire(&entry->mutex);
+            level = entry->level;
+            bool reserved = level - entry->in_flight >= n;
+            if (reserved) {
+                entry->in_flight += n;
+                entry->holders[entry->next_holder] = me;
+                entry->next_holder = (entry->next_holder + 1) % holder_slots;
+                changes[n_changes++] = Change{entry, -n, true, GetCurrentSubTransactionId()};
+            }
+            std::memcpy(holders, entry->holders, sizeof holders);
+            int newest = entry->next_holder;
+            SpinLockRelease(&entry->mutex);
+            if (reserved)
+                break;
+
+            // Short. Real when even the return of every other transaction's
+            // units would not cover n (this transaction's own stay taken).
+            if (level - taken < n) {
+                if (level == 0) {
+                    // An add that rolled back can leave an entry for an item
+                    // that does not exist.
+                    int64 ignored;
+                    if (!level_from_tables(nsp, item.datum, &ignored))
+                        raise_unknown_item(item.item);
+                }
+                SPI_finish();
+                PG_RETURN_BOOL(false);
+            }
+            // Wait for the newest other taker still running, then look again.
+            TransactionId wait_for = InvalidTransactionId;
+            for (int i = 1; i <= holder_slots && !TransactionIdIsValid(wait_for); i++) {
+                TransactionId h = holders[(newest - i + holder_slots) % holder_slots];
+                if (TransactionIdIsValid(h) && h != me && TransactionIdIsInProgress(h))
+                    wait_for = h;
+            }
+            if (TransactionIdIsValid(wait_for))
+                XactLockTableWait(wait_for, nullptr, nullptr, XLTW_None);
+            else
+                pg_usleep(1000L);  // the holders fell out of the ring: poll
+            CHECK_FOR_INTERRUPTS();
+        }
+
+        Datum ledger_values[2] = {item.datum, Int64GetDatum(-n)};
+        pg::run(append_ledger, nsp, ledger_values, nullptr);
+        SPI_finish();
+        PG_RETURN_BOOL(true);
+    });
+}
+
+// idem_stock_level(item text) RETURNS bigint: units left after every committed take.
+IDEM_SQL_FUNCTION(idem_stock_level)
+{
+    return pg::guarded([&]() -> Datum {
+        require_preloaded();
+        ItemArg item = item_arg(fcinfo, 0);
+        Oid nsp = get_func_namespace(fcinfo->flinfo->fn_oid);
+        connect_spi();
+        int64 level;
+        if (RecoveryInProgress()) {
+            // A standby replays the tables; its shared memory knows nothing.
+            if (!level_from_tables(nsp, item.datum, &level))
+                raise_unknown_item(item.item);
+        } else {
+            Entry* entry = entry_for(entry_key(nsp, item.item), nsp, item.datum);
+            if (entry == nullptr)
+                raise_unknown_item(item.item);
+            SpinLockAcquire(&entry->mutex);
+            level = entry->level;
+            SpinLockRelease(&entry->mutex);
+            if (level == 0 && !level_from_tables(nsp, item.datum, &level))
+                raise_unknown_item(item.item);
+        }
+        SPI_finish();
+        PG_RETURN_INT64(level);
+    });
+}
+
+// idem_stock_snapshot() RETURNS TABLE (item text, level bigint, in_flight bigint): the idem_stock view.
+IDEM_SQL_FUNCTION(idem_stock_snapshot)
+{
+    return pg::guarded([&]() -> Datum {
+        require_preloaded();
+        Oid nsp = get_func_namespace(fcinfo->flinfo->fn_oid);
+        InitMaterializedSRF(fcinfo, 0);
+        auto* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
+        MemoryContext cxt = CurrentMemoryContext;
+        connect_spi();
+        uint64 n = pg::run(all_items, nsp, nullptr, nullptr);
+        bool standby = RecoveryInProgress();
+        for (uint64 row = 0; row < n; row++) {
+            bool isnull;
+            Datum item = pg::result_value(row, 1, &isnull);
+            int64 level = DatumGetInt64(pg::result_value(row, 2, &isnull));
+            int64 in_flight = 0;
+            if (!standby) {
+                text* t = DatumGetTextPP(item);
+                EntryKey key = entry_key(nsp, idem::Item{{VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)}});
+                LWLockAcquire(entries_lock, LW_SHARED);
+                auto* entry = static_cast<Entry*>(hash_search(entries, &key, HASH_FIND, nullptr));
+                if (entry != nullptr) {
+                    SpinLockAcquire(&entry->mutex);
+                    level = entry->level;
+                    in_flight = entry->in_flight;
+                    SpinLockRelease(&entry->mutex);
+                }
+                LWLockRelease(entries_lock);
+            }
+            MemoryContext old = MemoryContextSwitchTo(cxt);
+            Datum values[3] = {datumCopy(item, false, -1), Int64GetDatum(level), Int64GetDatum(in_flight)};
+            bool nulls[3] = {false, false, false};
+            tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+            MemoryContextSwitchTo(old);
+        }
+        SPI_finish();
+        return 0;
+    });
+}
