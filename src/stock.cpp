@@ -423,7 +423,10 @@ IDEM_SQL_FUNCTION(idem_stock_take)
         Entry* entry = entry_for(key, nsp, item.datum);
         if (entry == nullptr)
             raise_unknown_item(item.item);
-        TransactionId me = GetTopTransactionId();  // the ledger row needs it; waiters wait on it
+        // Waiters wait on the (sub)transaction that holds the units, so a
+        // savepoint rolled back releases them at once. The ledger row needs
+        // the id anyway.
+        TransactionId me = GetCurrentTransactionId();
         make_room_for_change();
 
         for (;;) {
@@ -463,7 +466,7 @@ IDEM_SQL_FUNCTION(idem_stock_take)
             TransactionId wait_for = InvalidTransactionId;
             for (int i = 1; i <= holder_slots && !TransactionIdIsValid(wait_for); i++) {
                 TransactionId h = holders[(newest - i + holder_slots) % holder_slots];
-                if (TransactionIdIsValid(h) && h != me && TransactionIdIsInProgress(h))
+                if (TransactionIdIsValid(h) && !TransactionIdIsCurrentTransactionId(h) && TransactionIdIsInProgress(h))
                     wait_for = h;
             }
             if (TransactionIdIsValid(wait_for))
