@@ -72,10 +72,12 @@ SELECT idem_claim('after-deep-error');
 -- A PostgreSQL error raised underneath the C++ code (statement_timeout,
 -- while SPI runs inside the claim loop) keeps its SQLSTATE (57014), leaves
 -- nothing half-claimed, and the session goes on.
+\set SHOW_CONTEXT never
 SET statement_timeout = '300ms';
 SELECT count(*) FROM idem_claim_many(ARRAY(SELECT 'slow-' || g FROM generate_series(1, 100000) g));
 \echo :LAST_ERROR_SQLSTATE
 RESET statement_timeout;
+\set SHOW_CONTEXT errors
 SELECT count(*) AS claimed_from_cancelled_batch FROM idem_claims WHERE key LIKE 'slow-%';
 SELECT idem_claim('after-timeout');
 

@@ -81,6 +81,16 @@ Statement renew_claim = {
     "WHERE @extschema@.idem_key_hash(scope, key) = $4 AND expires_at <= $1",
     4, {TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID, UUIDOID}};
 
+// idem_claim_many's first step: every key in one statement, in the order
+// given (hash order, see there). Keys that meet an existing row are left to
+// claim_core, one by one.
+Statement insert_claims = {
+    "INSERT INTO @extschema@.idem_claims (scope, key, claimed_at, expires_at) "
+    "SELECT $1, k, $2, $3 FROM unnest($4::text[]) WITH ORDINALITY AS u(k, i) ORDER BY i "
+    "ON CONFLICT (@extschema@.idem_key_hash(scope, key)) DO NOTHING "
+    "RETURNING @extschema@.idem_key_hash(scope, key)",
+    4, {TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTARRAYOID}};
+
 Statement store_response = {
     "UPDATE @extschema@.idem_claims SET response = $3 "
     "WHERE @extschema@.idem_key_hash(scope, key) = $4 AND scope = $1 AND key = $2",
@@ -383,14 +393,15 @@ IDEM_SQL_FUNCTION(idem_claim_many)
             return c != 0 ? c < 0 : a < b;
         });
 
-        // first[i]: the index of the first occurrence of keys[i]'s key.
+        // first[i]: the index of the first occurrence of keys[i]'s key;
+        // distinct[]: the first occurrences, in hash order.
         auto* first = static_cast<int*>(palloc(sizeof(int) * Max(n, 1)));
         auto* claimed = static_cast<bool*>(palloc0(sizeof(bool) * Max(n, 1)));
-        MemoryContext cxt = CurrentMemoryContext;
-        InitMaterializedSRF(fcinfo, 0);
-        connect_spi();
+        auto* distinct = static_cast<int*>(palloc(sizeof(int) * Max(n, 1)));
+        int n_distinct = 0;
         for (int j = 0; j < n; j++) {
             int i = order[j];
+            first[i] = i;
             if (j > 0 && std::memcmp(hashes[i].bytes, hashes[order[j - 1]].bytes, sizeof hashes[i].bytes) == 0) {
                 int prev = first[order[j - 1]];
                 const Text& a = keys[i].key.text;
@@ -400,7 +411,48 @@ IDEM_SQL_FUNCTION(idem_claim_many)
                     continue;
                 }
             }
-            first[i] = i;
+            distinct[n_distinct++] = i;
+        }
+
+        MemoryContext cxt = CurrentMemoryContext;
+        InitMaterializedSRF(fcinfo, 0);
+        connect_spi();
+        if (n_distinct > 0) {
+            // The common case, keys nobody holds: one INSERT for all of them.
+            auto* datums = static_cast<Datum*>(palloc(sizeof(Datum) * n_distinct));
+            for (int d = 0; d < n_distinct; d++)
+                datums[d] = keys[distinct[d]].datum;
+            ArrayType* batch = construct_array(datums, n_distinct, TEXTOID, -1, false, TYPALIGN_INT);
+            Datum values[4] = {base.scope.datum, TimestampTzGetDatum(base.now), TimestampTzGetDatum(base.expiry.at),
+                               PointerGetDatum(batch)};
+            const char nulls[4] = {' ', ' ', base.expiry.never ? 'n' : ' ', ' '};
+            uint64 inserted = pg::run(insert_claims, fcinfo, values, nulls);
+            for (uint64 row = 0; row < inserted; row++) {
+                bool isnull;
+                auto* hash = DatumGetUUIDP(pg::result_value(row, 1, &isnull));
+                // Binary search in distinct[], which is in hash order.
+                int lo = 0, hi = n_distinct - 1;
+                while (lo <= hi) {
+                    int mid = (lo + hi) / 2;
+                    int c = std::memcmp(hashes[distinct[mid]].bytes, hash->data, UUID_LEN);
+                    if (c == 0) {
+                        claimed[distinct[mid]] = true;
+                        break;
+                    }
+                    if (c < 0)
+                        lo = mid + 1;
+                    else
+                        hi = mid - 1;
+                }
+            }
+            stats::count(stats::claim_new, base.scope.scope, inserted);
+            SPI_freetuptable(SPI_tuptable);
+        }
+        // The rest met a row: a duplicate, an expired claim, or a collision.
+        for (int d = 0; d < n_distinct; d++) {
+            int i = distinct[d];
+            if (claimed[i])
+                continue;
             ClaimRequest r = base;
             r.key = keys[i];
             r.hash = uuid_of(hashes[i]);
