@@ -4,7 +4,8 @@
 // with every time computed here and passed as a parameter. The SQL text says
 // @extschema@ for the schema the extension lives in; it is resolved from the
 // calling function, and the plans are prepared again when that schema moves
-// or is renamed.
+// or is renamed. Every statement runs under a pinned search path
+// (pg_catalog, the extension's schema), whatever the caller's.
 #pragma once
 
 #include "pg/postgres.hpp"

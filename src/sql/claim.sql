@@ -27,33 +27,28 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.idem_claims', '');
 CREATE FUNCTION @extschema@.idem_claim(key text, scope text DEFAULT 'default', ttl interval DEFAULT NULL)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'idem_claim'
-LANGUAGE C VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE SECURITY DEFINER;
 
 CREATE FUNCTION @extschema@.idem_begin(
     key text, scope text DEFAULT 'default', ttl interval DEFAULT NULL,
     request jsonb DEFAULT NULL, wait boolean DEFAULT true)
 RETURNS TABLE (status text, response jsonb)
 AS 'MODULE_PATHNAME', 'idem_begin'
-LANGUAGE C VOLATILE SECURITY DEFINER ROWS 1
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE SECURITY DEFINER ROWS 1;
 
 CREATE FUNCTION @extschema@.idem_finish(key text, scope text, response jsonb)
 RETURNS void
 AS 'MODULE_PATHNAME', 'idem_finish'
-LANGUAGE C VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE SECURITY DEFINER;
 
 CREATE FUNCTION @extschema@.idem_claim_many(keys text[], scope text DEFAULT 'default', ttl interval DEFAULT NULL)
 RETURNS TABLE (key text, claimed boolean)
 AS 'MODULE_PATHNAME', 'idem_claim_many'
-LANGUAGE C VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE SECURITY DEFINER;
 
 -- For an operator who wants a request to run again: not for PUBLIC.
 CREATE FUNCTION @extschema@.idem_forget(key text, scope text DEFAULT 'default')
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'idem_forget'
-LANGUAGE C VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE SECURITY DEFINER;
 REVOKE EXECUTE ON FUNCTION @extschema@.idem_forget(text, text) FROM PUBLIC;

@@ -7,6 +7,5 @@
 CREATE FUNCTION @extschema@.idem_purge(max_rows integer DEFAULT NULL)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'idem_purge'
-LANGUAGE C VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE SECURITY DEFINER;
 REVOKE EXECUTE ON FUNCTION @extschema@.idem_purge(integer) FROM PUBLIC;

@@ -19,26 +19,22 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.idem_stock_ledger', '');
 CREATE FUNCTION @extschema@.idem_stock_add(item text, n bigint)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'idem_stock_add'
-LANGUAGE C VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE SECURITY DEFINER;
 
 CREATE FUNCTION @extschema@.idem_stock_take(item text, n bigint)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'idem_stock_take'
-LANGUAGE C VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE SECURITY DEFINER;
 
 CREATE FUNCTION @extschema@.idem_stock_level(item text)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'idem_stock_level'
-LANGUAGE C VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE SECURITY DEFINER;
 
 CREATE FUNCTION @extschema@.idem_stock_snapshot(OUT item text, OUT level bigint, OUT in_flight bigint)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'idem_stock_snapshot'
-LANGUAGE C VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE SECURITY DEFINER;
 
 -- One row per item: units left after every committed take, and units held
 -- by transactions still in flight.

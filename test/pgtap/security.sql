@@ -1,6 +1,7 @@
 -- The security model (README "Security"): ordinary roles cannot write the
--- tables; SECURITY DEFINER functions cannot be redirected by objects a
--- hostile user creates in public or pg_temp; operator functions are not
+-- tables; SECURITY DEFINER functions (whose search path src/pg/spi.cpp pins)
+-- cannot be redirected by objects a hostile user creates in public or pg_temp,
+-- whatever search_path the caller sets; operator functions are not
 -- for PUBLIC; monitoring roles read statistics.
 \set ON_ERROR_STOP 1
 \set QUIET 1
@@ -9,7 +10,7 @@
 \pset pager off
 
 BEGIN;
-SELECT plan(16);
+SELECT plan(19);
 
 CREATE SCHEMA idem;
 CREATE EXTENSION pg_idem SCHEMA idem;
@@ -48,10 +49,18 @@ SELECT is((SELECT count(*)::int FROM idem.idem_claim_many(ARRAY['target', 'other
 SELECT is((SELECT count(*)::int FROM pg_temp.idem_claims) + (SELECT count(*)::int FROM public.idem_claims), 0,
           'nothing was written to the decoy tables');
 SELECT is((SELECT count(*)::int FROM public.decoy_log), 0, 'no decoy function or operator ran');
+-- Even with public searched before pg_catalog, where the decoy operator
+-- would win an unqualified lookup.
+-- (Only pg_idem runs under that path: pgTAP's own functions would be fooled.)
+SET search_path = public, pg_catalog, idem;
+CREATE TEMP TABLE attack AS SELECT idem.idem_claim('target-2') AS first_call, idem.idem_claim('target-2') AS retry;
 RESET search_path;
+SELECT is((SELECT first_call FROM attack), true, 'public before pg_catalog: a new key is still claimed');
+SELECT is((SELECT retry FROM attack), false, 'and its retry is still a duplicate');
+SELECT is((SELECT count(*)::int FROM public.decoy_log), 0, 'still no decoy ran');
 RESET ROLE;
 
-SELECT is((SELECT count(*)::int FROM idem.idem_claims WHERE key IN ('target', 'other')), 2,
+SELECT is((SELECT count(*)::int FROM idem.idem_claims WHERE key IN ('target', 'other', 'target-2')), 3,
           'the claims are in the extension''s table');
 
 -- Monitoring: pg_monitor may read the statistics views; PUBLIC may not.
