@@ -113,6 +113,22 @@ pg_uuid_t uuid_of(KeyHash hash)
     return uuid;
 }
 
+// The (scope, key) a function names, validated, with its index hash.
+struct KeyInScope {
+    pg::KeyArg key;
+    pg::ScopeArg scope;
+    pg_uuid_t hash;
+};
+
+KeyInScope key_in_scope(FunctionCallInfo fcinfo, int key_argno, int scope_argno)
+{
+    KeyInScope k;
+    k.key = pg::key_arg(fcinfo, key_argno, "key");
+    k.scope = pg::scope_arg(fcinfo, scope_argno, "scope");
+    k.hash = uuid_of(key_hash(k.scope.scope, k.key.key));
+    return k;
+}
+
 bool is_live(bool never_expires, TimestampTz expires_at, TimestampTz now)
 {
     return never_expires || now < expires_at;
@@ -324,15 +340,13 @@ IDEM_SQL_FUNCTION(idem_finish)
 {
     return pg::guarded([&]() -> Datum {
         PreventCommandIfReadOnly("idem_finish()");
-        pg::KeyArg key = pg::key_arg(fcinfo, 0, "key");
-        pg::ScopeArg scope = pg::scope_arg(fcinfo, 1, "scope");
-        pg_uuid_t hash = uuid_of(key_hash(scope.scope, key.key));
+        KeyInScope k = key_in_scope(fcinfo, 0, 1);
 
         connect_spi();
         // The transaction holds the claim exactly when it wrote the row
         // version it sees: inserted or renewed it, in this transaction or a
         // subtransaction of it that has not rolled back.
-        Datum probe_values[3] = {scope.datum, key.datum, UUIDPGetDatum(&hash)};
+        Datum probe_values[3] = {k.scope.datum, k.key.datum, UUIDPGetDatum(&k.hash)};
         bool held = false;
         if (pg::run(probe_claim, fcinfo, probe_values, nullptr) == 1) {
             bool isnull;
@@ -344,10 +358,10 @@ IDEM_SQL_FUNCTION(idem_finish)
             ereport(ERROR,
                     (errcode(IDEM_ERRCODE_NO_CLAIM_HELD),
                      errmsg("this transaction holds no claim on key %s in scope %s",
-                            pg::key_for_message(key.key), pg::key_for_message(Key{scope.scope.text})),
+                            pg::key_for_message(k.key.key), pg::key_for_message(Key{k.scope.scope.text})),
                      errhint("Call idem_begin() or idem_claim() for the key first, in the same transaction.")));
 
-        Datum store_values[4] = {scope.datum, key.datum, PG_GETARG_DATUM(2), UUIDPGetDatum(&hash)};
+        Datum store_values[4] = {k.scope.datum, k.key.datum, PG_GETARG_DATUM(2), UUIDPGetDatum(&k.hash)};
         const char store_nulls[4] = {' ', ' ', PG_ARGISNULL(2) ? 'n' : ' ', ' '};
         pg::run(store_response, fcinfo, store_values, store_nulls);
         SPI_finish();
@@ -477,13 +491,11 @@ IDEM_SQL_FUNCTION(idem_forget)
 {
     return pg::guarded([&]() -> Datum {
         PreventCommandIfReadOnly("idem_forget()");
-        pg::KeyArg key = pg::key_arg(fcinfo, 0, "key");
-        pg::ScopeArg scope = pg::scope_arg(fcinfo, 1, "scope");
-        pg_uuid_t hash = uuid_of(key_hash(scope.scope, key.key));
+        KeyInScope k = key_in_scope(fcinfo, 0, 1);
         TimestampTz now = GetCurrentTimestamp();
 
         connect_spi();
-        Datum values[3] = {scope.datum, key.datum, UUIDPGetDatum(&hash)};
+        Datum values[3] = {k.scope.datum, k.key.datum, UUIDPGetDatum(&k.hash)};
         bool existed = false;
         if (pg::run(forget_claim, fcinfo, values, nullptr) == 1) {
             bool never_expires;

@@ -82,10 +82,7 @@ void startup_shmem()
 void require_shared()
 {
     if (shared == nullptr)
-        ereport(ERROR,
-                (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-                 errmsg("pg_idem statistics need pg_idem in shared_preload_libraries"),
-                 errhint("Add pg_idem to shared_preload_libraries in postgresql.conf and restart the server.")));
+        pg::raise_needs_preload("statistics");
 }
 
 Datum counter_datum(pg_atomic_uint64* c)

@@ -153,10 +153,7 @@ void startup_shmem()
 void require_preloaded()
 {
     if (entries == nullptr)
-        ereport(ERROR,
-                (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-                 errmsg("pg_idem hot stock needs pg_idem in shared_preload_libraries"),
-                 errhint("Add pg_idem to shared_preload_libraries in postgresql.conf and restart the server.")));
+        pg::raise_needs_preload("hot stock");
 }
 
 struct ItemArg {
@@ -192,6 +189,26 @@ EntryKey entry_key(Oid nsp, const Item& item)
     key.items_table = get_relname_relid("idem_stock_items", nsp);
     std::memcpy(key.item, item.text.data, item.text.size);
     return key;
+}
+
+// What idem_stock_add and idem_stock_take are called with.
+struct StockChange {
+    ItemArg item;
+    int64 n;
+    Oid nsp;
+    EntryKey key;
+};
+
+StockChange stock_change(FunctionCallInfo fcinfo, const char* function_name)
+{
+    require_preloaded();
+    PreventCommandIfReadOnly(function_name);
+    StockChange c;
+    c.item = item_arg(fcinfo, 0);
+    c.n = units_arg(fcinfo, 1);
+    c.nsp = get_func_namespace(fcinfo->flinfo->fn_oid);
+    c.key = entry_key(c.nsp, c.item.item);
+    return c;
 }
 
 [[noreturn]] void raise_unknown_item(const Item& item)
@@ -374,12 +391,11 @@ using namespace idem::stock;
 IDEM_SQL_FUNCTION(idem_stock_add)
 {
     return pg::guarded([&]() -> Datum {
-        require_preloaded();
-        PreventCommandIfReadOnly("idem_stock_add()");
-        ItemArg item = item_arg(fcinfo, 0);
-        int64 n = units_arg(fcinfo, 1);
-        Oid nsp = get_func_namespace(fcinfo->flinfo->fn_oid);
-        EntryKey key = entry_key(nsp, item.item);
+        StockChange c = stock_change(fcinfo, "idem_stock_add()");
+        const ItemArg& item = c.item;
+        int64 n = c.n;
+        Oid nsp = c.nsp;
+        const EntryKey& key = c.key;
 
         connect_spi();
         Datum item_values[1] = {item.datum};
@@ -412,12 +428,11 @@ IDEM_SQL_FUNCTION(idem_stock_add)
 IDEM_SQL_FUNCTION(idem_stock_take)
 {
     return pg::guarded([&]() -> Datum {
-        require_preloaded();
-        PreventCommandIfReadOnly("idem_stock_take()");
-        ItemArg item = item_arg(fcinfo, 0);
-        int64 n = units_arg(fcinfo, 1);
-        Oid nsp = get_func_namespace(fcinfo->flinfo->fn_oid);
-        EntryKey key = entry_key(nsp, item.item);
+        StockChange c = stock_change(fcinfo, "idem_stock_take()");
+        const ItemArg& item = c.item;
+        int64 n = c.n;
+        Oid nsp = c.nsp;
+        const EntryKey& key = c.key;
 
         connect_spi();
         Entry* entry = entry_for(key, nsp, item.datum);

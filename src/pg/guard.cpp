@@ -40,6 +40,15 @@ void caught_unexpected(CaughtError* out, const char* what) noexcept
     out->hint[0] = '\0';
 }
 
+void raise_needs_preload(const char* feature)
+{
+    ereport(ERROR,
+            (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+             errmsg("pg_idem %s needs pg_idem in shared_preload_libraries", feature),
+             errhint("Add pg_idem to shared_preload_libraries in postgresql.conf and restart the server.")));
+    pg_unreachable();
+}
+
 void raise(const CaughtError* e)
 {
     ereport(ERROR,

@@ -31,6 +31,10 @@ void caught_out_of_memory(CaughtError* out) noexcept;
 void caught_unexpected(CaughtError* out, const char* what) noexcept;
 [[noreturn]] void raise(const CaughtError* e);
 
+// 55000 with a hint, for a feature that lives in shared memory: pg_idem
+// must be in shared_preload_libraries.
+[[noreturn]] void raise_needs_preload(const char* feature);
+
 template <typename Body>
 Datum guarded(Body&& body)
 {

@@ -1,10 +1,6 @@
 -- Catalog facts about the claim objects: signatures, volatility, security,
 -- pinned search_path, privileges, and pg_dump configuration.
-\set ON_ERROR_STOP 1
-\set QUIET 1
-\pset format unaligned
-\pset tuples_only true
-\pset pager off
+\i settings.psql
 
 BEGIN;
 CREATE EXTENSION pg_idem;

@@ -1,9 +1,5 @@
 -- The extension installs into any schema and DROP EXTENSION leaves nothing behind.
-\set ON_ERROR_STOP 1
-\set QUIET 1
-\pset format unaligned
-\pset tuples_only true
-\pset pager off
+\i settings.psql
 
 BEGIN;
 SELECT plan(6);

@@ -3,11 +3,7 @@
 -- cannot be redirected by objects a hostile user creates in public or pg_temp,
 -- whatever search_path the caller sets; operator functions are not
 -- for PUBLIC; monitoring roles read statistics.
-\set ON_ERROR_STOP 1
-\set QUIET 1
-\pset format unaligned
-\pset tuples_only true
-\pset pager off
+\i settings.psql
 
 BEGIN;
 SELECT plan(19);

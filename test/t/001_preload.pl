@@ -29,9 +29,16 @@ for my $preload (0, 1)
 	}
 	else
 	{
-		like($stderr, qr/ERROR:  55000: pg_idem statistics need pg_idem in shared_preload_libraries/,
+		like($stderr, qr/ERROR:  55000: pg_idem statistics needs pg_idem in shared_preload_libraries/,
 			"$label: idem_stats refuses with 55000");
 		like($stderr, qr/HINT:  Add pg_idem to shared_preload_libraries/, "$label: and says how to fix it");
+		for my $call (q{SELECT idem_stock_add('tv', 1)}, q{SELECT idem_stock_take('tv', 1)},
+			q{SELECT idem_stock_level('tv')}, q{SELECT * FROM idem_stock})
+		{
+			($ret, $stdout, $stderr) = $node->psql('postgres', "\\set VERBOSITY verbose\n$call");
+			like($stderr, qr/ERROR:  55000: pg_idem hot stock needs pg_idem in shared_preload_libraries/,
+				"$label: $call refuses with 55000, never a wrong answer");
+		}
 	}
 
 	# A claim survives a restart: it is a committed row.
