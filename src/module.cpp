@@ -1,5 +1,6 @@
 // pg_idem's module entry: _PG_init only registers things.
 #include "pg/guard.hpp"
+#include "pg/row_target.hpp"
 #include "pg/spi.hpp"
 #include "purge.hpp"
 #include "stats.hpp"
@@ -15,6 +16,7 @@ void _PG_init(void)
 {
     idem::pg::guarded([]() -> Datum {
         idem::pg::spi_init();
+        idem::pg::row_target_init();
         idem::purge::define_gucs();
         // Shared memory and background workers exist only when the library
         // is loaded at server start; claims need neither.

@@ -1,0 +1,129 @@
+-- idem_decrement: every outcome and SQLSTATE, all four amount types, plan
+-- invalidation, privileges and row-level security. Races: specs/decrement-race.spec.
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS pg_idem;
+RESET client_min_messages;
+\i test/regress_helpers.sql
+
+CREATE TABLE stock (sku int PRIMARY KEY, amount int NOT NULL);
+INSERT INTO stock VALUES (42, 10), (43, 0);
+-- A plain integer literal resolves without ambiguity; the new amount comes back.
+SELECT idem_decrement('stock', 'sku', 42, 'amount', 1);
+SELECT idem_decrement('stock', 'sku', 42, 'amount', 9) AS down_to_zero;
+-- Short: NULL, and nothing changes.
+SELECT idem_decrement('stock', 'sku', 42, 'amount', 1) IS NULL AS short;
+SELECT amount FROM stock WHERE sku = 42;
+-- No such row: P0002.
+SELECT pg_temp.error_of($$SELECT idem_decrement('stock', 'sku', 44, 'amount', 1)$$);
+-- Rolled back with the caller's transaction.
+UPDATE stock SET amount = 5 WHERE sku = 42;
+BEGIN;
+SELECT idem_decrement('stock', 'sku', 42, 'amount', 5);
+ROLLBACK;
+SELECT amount FROM stock WHERE sku = 42;
+
+-- Every amount type; n converted to it; the key compared in the key column's type.
+CREATE TABLE wallet (id text PRIMARY KEY, balance numeric(12, 2) NOT NULL, small smallint, big bigint, plain numeric);
+INSERT INTO wallet VALUES ('a', 100.00, 300, 9000000000, 1.5);
+SELECT idem_decrement('wallet', 'id', 'a'::text, 'balance', 10.25);
+SELECT idem_decrement('wallet', 'id', 'a'::text, 'small', 100);
+SELECT idem_decrement('wallet', 'id', 'a'::text, 'big', 1000000000);
+SELECT idem_decrement('wallet', 'id', 'a'::text, 'plain', 0.0001);
+CREATE TABLE stock_by_name (sku varchar(20) PRIMARY KEY, amount bigint);
+INSERT INTO stock_by_name VALUES ('42', 3);
+SELECT idem_decrement('stock_by_name', 'sku', 42, 'amount', 1) AS int_key_for_varchar_column;
+CREATE TABLE stock_big (sku bigint PRIMARY KEY, amount int);
+INSERT INTO stock_big VALUES (7, 3);
+SELECT idem_decrement('stock_big', 'sku', 7, 'amount', 1) AS int_key_for_bigint_column;
+
+-- Triggers fire, as with plain SQL.
+CREATE TABLE stock_log (sku int, old_amount int, new_amount int);
+CREATE FUNCTION log_stock() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO stock_log VALUES (NEW.sku, OLD.amount, NEW.amount); RETURN NEW; END $$;
+CREATE TRIGGER log_stock AFTER UPDATE ON stock FOR EACH ROW EXECUTE FUNCTION log_stock();
+SELECT idem_decrement('stock', 'sku', 42, 'amount', 2);
+SELECT * FROM stock_log;
+DROP TRIGGER log_stock ON stock;
+
+-- Plans are cached per backend and follow the table: ALTER TABLE changes the
+-- amount's type, DROP and CREATE under the same name makes a new table.
+SELECT idem_decrement('stock', 'sku', 42, 'amount', 1);
+ALTER TABLE stock ALTER COLUMN amount TYPE numeric(10, 1);
+SELECT idem_decrement('stock', 'sku', 42, 'amount', 0.5) AS after_alter;
+DROP TABLE stock;
+CREATE TABLE stock (id serial, sku int PRIMARY KEY, amount bigint NOT NULL);
+INSERT INTO stock (sku, amount) VALUES (42, 1000);
+SELECT idem_decrement('stock', 'sku', 42, 'amount', 1) AS after_recreate;
+ALTER TABLE stock DROP CONSTRAINT stock_pkey;
+SELECT pg_temp.error_of($$SELECT idem_decrement('stock', 'sku', 42, 'amount', 1)$$) AS after_dropping_the_key;
+ALTER TABLE stock ADD PRIMARY KEY (sku);
+
+-- Hostile input.
+CREATE VIEW stock_view AS SELECT * FROM stock;
+CREATE SEQUENCE stock_seq;
+CREATE TABLE two_col_key (a int, b int, amount int, UNIQUE (a, b));
+CREATE TABLE partial_key (sku int, amount int);
+CREATE UNIQUE INDEX ON partial_key (sku) WHERE amount > 0;
+CREATE TABLE expr_key (sku text, amount int);
+CREATE UNIQUE INDEX ON expr_key (lower(sku));
+CREATE TABLE texty (sku int PRIMARY KEY, amount text);
+SELECT sql, pg_temp.error_of(sql) FROM unnest(ARRAY[
+    $$SELECT idem_decrement(NULL, 'sku', 42, 'amount', 1)$$,
+    $$SELECT idem_decrement('stock', NULL, 42, 'amount', 1)$$,
+    $$SELECT idem_decrement('stock', 'sku', NULL::int, 'amount', 1)$$,
+    $$SELECT idem_decrement('stock', 'sku', 42, NULL, 1)$$,
+    $$SELECT idem_decrement('stock', 'sku', 42, 'amount', NULL)$$,
+    $$SELECT idem_decrement('stock', 'sku', 42, 'amount', 0)$$,
+    $$SELECT idem_decrement('stock', 'sku', 42, 'amount', -3)$$,
+    $$SELECT idem_decrement('stock', 'sku', 42, 'amount', 'NaN')$$,
+    $$SELECT idem_decrement('stock', 'sku', 42, 'amount', 1.5)$$,
+    $$SELECT idem_decrement('stock', 'sku', 42, 'amount', 99999999999999999999)$$,
+    $$SELECT idem_decrement('wallet', 'id', 'a'::text, 'small', 40000)$$,
+    $$SELECT idem_decrement('wallet', 'id', 'a'::text, 'balance', 0.001)$$,
+    $$SELECT idem_decrement('no_such_table', 'sku', 42, 'amount', 1)$$,
+    $$SELECT idem_decrement(0, 'sku', 42, 'amount', 1)$$,
+    $$SELECT idem_decrement('stock_view', 'sku', 42, 'amount', 1)$$,
+    $$SELECT idem_decrement('stock_seq', 'sku', 42, 'amount', 1)$$,
+    $$SELECT idem_decrement('stock_pkey', 'sku', 42, 'amount', 1)$$,
+    $$SELECT idem_decrement('pg_class', 'oid', 1, 'relpages', 1)$$,
+    $$SELECT idem_decrement('stock', 'nope', 42, 'amount', 1)$$,
+    $$SELECT idem_decrement('stock', 'sku', 42, 'nope', 1)$$,
+    $$SELECT idem_decrement('stock', 'ctid', 42, 'amount', 1)$$,
+    $$SELECT idem_decrement('stock', 'id', 1, 'amount', 1)$$,
+    $$SELECT idem_decrement('two_col_key', 'a', 1, 'amount', 1)$$,
+    $$SELECT idem_decrement('partial_key', 'sku', 1, 'amount', 1)$$,
+    $$SELECT idem_decrement('expr_key', 'sku', 'x'::text, 'amount', 1)$$,
+    $$SELECT idem_decrement('texty', 'sku', 1, 'amount', 1)$$,
+    $$SELECT idem_decrement('stock', 'sku', 'abc'::text, 'amount', 1)$$,
+    $$SELECT idem_decrement('stock', 'sku', now(), 'amount', 1)$$,
+    $$SELECT idem_decrement('stock', 'sku', 'abc', 'amount', 1)$$
+]) AS sql;
+-- A quoted, mixed-case identifier is taken as a name, never as SQL.
+CREATE TABLE "Odd ""Table""" ("Sku; DROP TABLE stock" int PRIMARY KEY, "Amount" int);
+INSERT INTO "Odd ""Table""" VALUES (1, 5);
+SELECT idem_decrement('"Odd ""Table"""', 'Sku; DROP TABLE stock', 1, 'Amount', 2);
+SELECT count(*) AS stock_still_there FROM stock;
+
+-- Privileges and row-level security: the helper can do exactly what plain SQL can.
+CREATE ROLE idem_decrement_reader;
+CREATE ROLE idem_decrement_clerk;
+GRANT SELECT ON stock TO idem_decrement_reader;
+GRANT SELECT, UPDATE ON stock TO idem_decrement_clerk;
+INSERT INTO stock (sku, amount) VALUES (7, 100);
+ALTER TABLE stock ENABLE ROW LEVEL SECURITY;
+CREATE POLICY clerk_sees_42 ON stock TO idem_decrement_clerk USING (sku = 42);
+SET ROLE idem_decrement_reader;
+SELECT pg_temp.error_of($$UPDATE stock SET amount = amount - 1 WHERE sku = 42$$) AS plain_sql;
+SELECT pg_temp.error_of($$SELECT idem_decrement('stock', 'sku', 42, 'amount', 1)$$) AS helper;
+RESET ROLE;
+SET ROLE idem_decrement_clerk;
+SELECT idem_decrement('stock', 'sku', 42, 'amount', 1) AS visible_row;
+SELECT pg_temp.error_of($$SELECT idem_decrement('stock', 'sku', 7, 'amount', 1)$$) AS row_hidden_by_policy;
+UPDATE stock SET amount = amount - 1 WHERE sku = 7;
+RESET ROLE;
+SELECT sku, amount FROM stock WHERE sku IN (7, 42) ORDER BY sku;
+
+DROP TABLE stock, wallet, stock_by_name, stock_big, stock_log, two_col_key, partial_key, expr_key, texty, "Odd ""Table""" CASCADE;
+DROP SEQUENCE stock_seq;
+DROP FUNCTION log_stock();
+DROP ROLE idem_decrement_reader, idem_decrement_clerk;

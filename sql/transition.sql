@@ -1,0 +1,59 @@
+-- idem_transition: true / false / IK003 / P0002, text and enum states.
+-- Races: specs/transition-race.spec.
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS pg_idem;
+RESET client_min_messages;
+\i test/regress_helpers.sql
+
+CREATE TABLE orders (id int PRIMARY KEY, state text NOT NULL);
+INSERT INTO orders VALUES (1, 'created'), (2, 'paid'), (3, 'shipped');
+-- Moved: true. Repeated: false, nothing changes.
+SELECT idem_transition('orders', 'id', 1, 'state', 'created', 'paid');
+SELECT idem_transition('orders', 'id', 1, 'state', 'created', 'paid') AS repeated;
+SELECT id, state, xmin = (SELECT xmin FROM orders WHERE id = 1) AS same_row_version FROM orders WHERE id = 1;
+-- From another state: IK003 naming the current state.
+SELECT pg_temp.error_of($$SELECT idem_transition('orders', 'id', 3, 'state', 'created', 'paid')$$);
+-- No row: P0002.
+SELECT pg_temp.error_of($$SELECT idem_transition('orders', 'id', 9, 'state', 'created', 'paid')$$);
+-- Rolled back with the caller's transaction.
+BEGIN;
+SELECT idem_transition('orders', 'id', 2, 'state', 'paid', 'shipped');
+ROLLBACK;
+SELECT state FROM orders WHERE id = 2;
+
+-- An enum state column; an unknown label is the enum's own error.
+CREATE TYPE order_state AS ENUM ('created', 'paid', 'shipped');
+CREATE TABLE typed_orders (code text PRIMARY KEY, state order_state NOT NULL DEFAULT 'created');
+INSERT INTO typed_orders VALUES ('A-1');
+SELECT idem_transition('typed_orders', 'code', 'A-1'::text, 'state', 'created', 'paid');
+SELECT idem_transition('typed_orders', 'code', 'A-1'::text, 'state', 'created', 'paid') AS repeated;
+SELECT pg_temp.error_of($$SELECT idem_transition('typed_orders', 'code', 'A-1'::text, 'state', 'paid', 'lost')$$);
+SELECT pg_temp.error_of($$SELECT idem_transition('typed_orders', 'code', 'A-1'::text, 'state', 'created', 'shipped')$$);
+-- varchar states too.
+CREATE TABLE tickets (id bigint PRIMARY KEY, status varchar(10));
+INSERT INTO tickets VALUES (1, 'open');
+SELECT idem_transition('tickets', 'id', 1, 'status', 'open', 'closed');
+-- A NULL state is no state: IK003.
+INSERT INTO tickets VALUES (2, NULL);
+SELECT pg_temp.error_of($$SELECT idem_transition('tickets', 'id', 2, 'status', 'open', 'closed')$$);
+
+-- Hostile input.
+CREATE TABLE no_key (id int, state text);
+SELECT sql, pg_temp.error_of(sql) FROM unnest(ARRAY[
+    $$SELECT idem_transition(NULL, 'id', 1, 'state', 'a', 'b')$$,
+    $$SELECT idem_transition('orders', NULL, 1, 'state', 'a', 'b')$$,
+    $$SELECT idem_transition('orders', 'id', NULL::int, 'state', 'a', 'b')$$,
+    $$SELECT idem_transition('orders', 'id', 1, NULL, 'a', 'b')$$,
+    $$SELECT idem_transition('orders', 'id', 1, 'state', NULL, 'b')$$,
+    $$SELECT idem_transition('orders', 'id', 1, 'state', 'a', NULL)$$,
+    $$SELECT idem_transition('orders', 'id', 1, 'state', 'paid', 'paid')$$,
+    $$SELECT idem_transition('orders', 'id', 1, 'nope', 'a', 'b')$$,
+    $$SELECT idem_transition('orders', 'nope', 1, 'state', 'a', 'b')$$,
+    $$SELECT idem_transition('no_key', 'id', 1, 'state', 'a', 'b')$$,
+    $$SELECT idem_transition('pg_class', 'oid', 1, 'relname', 'a', 'b')$$,
+    $$SELECT idem_transition('orders_pkey', 'id', 1, 'state', 'a', 'b')$$,
+    $$SELECT idem_transition('orders', 'id', 'x'::text, 'state', 'a', 'b')$$
+]) AS sql;
+
+DROP TABLE orders, typed_orders, tickets, no_key;
+DROP TYPE order_state;

@@ -1,0 +1,164 @@
+// idem_decrement: the condition-based optimistic lock for stock and balances
+// (SPEC "Conditional decrement"): one atomic
+//   UPDATE rel SET amount = amount - n WHERE key = $key AND amount >= n RETURNING amount
+// in the caller's transaction, with the caller's rights, row-level security
+// and triggers. Under concurrency the row lock does the work: a second
+// decrement waits for the first and re-checks `amount >= n` against the
+// amount the first left (READ COMMITTED), so the amount never drops below
+// zero and every successful decrement is counted in the drop.
+#include "pg/guard.hpp"
+#include "pg/row_target.hpp"
+#include "stats.hpp"
+
+extern "C" {
+#include "catalog/pg_type.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/numeric.h"
+}
+
+namespace idem {
+namespace {
+
+constexpr int decrement_plans = 1;  // PlanKey::kind
+
+// A row can change between the UPDATE that found it short and the look at
+// it; after this many rounds of that the caller retries (40001).
+constexpr int max_rounds = 100;
+
+bool is_amount_type(Oid type)
+{
+    return type == INT2OID || type == INT4OID || type == INT8OID || type == NUMERICOID;
+}
+
+// n in the amount column's type: whole for integer columns, within range,
+// and no finer than the column's scale for numeric(p, s).
+Datum amount_of(Numeric n, const pg::Column& amount)
+{
+    Datum value = NumericGetDatum(n);
+    if (amount.type == NUMERICOID) {
+        if (amount.typmod < 0)
+            return value;
+        Datum fitted = DirectFunctionCall2(numeric, value, Int32GetDatum(amount.typmod));
+        if (!DatumGetBool(DirectFunctionCall2(numeric_eq, fitted, value)))
+            ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                            errmsg("n = %s has more decimal places than column \"%s\" keeps",
+                                   numeric_normalize(n), amount.name)));
+        return fitted;
+    }
+    Datum rounded = DirectFunctionCall2(numeric_round, value, Int32GetDatum(0));
+    if (!DatumGetBool(DirectFunctionCall2(numeric_eq, rounded, value)))
+        ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                        errmsg("n = %s must be a whole number for column \"%s\" of type %s",
+                               numeric_normalize(n), amount.name, format_type_be(amount.type))));
+    int64 lo = amount.type == INT2OID ? PG_INT16_MIN : amount.type == INT4OID ? PG_INT32_MIN : PG_INT64_MIN;
+    int64 hi = amount.type == INT2OID ? PG_INT16_MAX : amount.type == INT4OID ? PG_INT32_MAX : PG_INT64_MAX;
+    bool in_range =
+        DatumGetBool(DirectFunctionCall2(numeric_le, value, DirectFunctionCall1(int8_numeric, Int64GetDatum(hi)))) &&
+        DatumGetBool(DirectFunctionCall2(numeric_ge, value, DirectFunctionCall1(int8_numeric, Int64GetDatum(lo))));
+    if (!in_range)
+        ereport(ERROR, (errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+                        errmsg("n = %s is out of range for column \"%s\" of type %s",
+                               numeric_normalize(n), amount.name, format_type_be(amount.type))));
+    int64 whole = DatumGetInt64(DirectFunctionCall1(numeric_int8, value));
+    switch (amount.type) {
+    case INT2OID:
+        return Int16GetDatum(static_cast<int16>(whole));
+    case INT4OID:
+        return Int32GetDatum(static_cast<int32>(whole));
+    default:
+        return Int64GetDatum(whole);
+    }
+}
+
+Datum as_numeric(Datum amount, Oid type)
+{
+    switch (type) {
+    case INT2OID:
+        return DirectFunctionCall1(int2_numeric, amount);
+    case INT4OID:
+        return DirectFunctionCall1(int4_numeric, amount);
+    case INT8OID:
+        return DirectFunctionCall1(int8_numeric, amount);
+    default:
+        return amount;
+    }
+}
+
+}  // namespace
+}  // namespace idem
+
+using namespace idem;
+
+// idem_decrement(rel regclass, key_column name, key anyelement, amount_column name, n numeric) RETURNS numeric
+IDEM_SQL_FUNCTION(idem_decrement)
+{
+    return pg::guarded([&]() -> Datum {
+        pg::RowTarget target = pg::row_target(fcinfo, 0, 1, 2);
+        pg::Column amount = pg::target_column(target, fcinfo, 3, "amount_column");
+        if (!is_amount_type(amount.type))
+            ereport(ERROR, (errcode(ERRCODE_DATATYPE_MISMATCH),
+                            errmsg("amount_column \"%s\" is of type %s", amount.name, format_type_be(amount.declared_type)),
+                            errhint("The amount must be smallint, integer, bigint or numeric.")));
+        if (PG_ARGISNULL(4))
+            ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("n must not be NULL")));
+        Numeric n = PG_GETARG_NUMERIC(4);
+        if (numeric_is_nan(n) || numeric_is_inf(n) ||
+            !DatumGetBool(DirectFunctionCall2(numeric_gt, NumericGetDatum(n),
+                                              DirectFunctionCall1(int4_numeric, Int32GetDatum(0)))))
+            ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                            errmsg("n must be a positive amount, got %s", numeric_normalize(n))));
+        Datum by = amount_of(n, amount);
+
+        if (SPI_connect() != SPI_OK_CONNECT)
+            elog(ERROR, "pg_idem: SPI_connect failed");
+        pg::CachedPlans* plans =
+            pg::cached_plans(pg::PlanKey{target.relid, target.key_att, amount.att, target.key_arg_type, decrement_plans});
+        pg::require_unique_key(target, plans);
+        if (plans->change == nullptr) {
+            Oid types[2] = {target.key_arg_type, amount.type};
+            plans->change = pg::prepare_kept(
+                psprintf("UPDATE %s SET %s = %s - $2 WHERE %s AND %s >= $2 RETURNING %s", target.rel_sql,
+                         amount.sql, amount.sql, pg::key_condition(target), amount.sql, amount.sql),
+                2, types);
+            plans->look = pg::prepare_kept(
+                psprintf("SELECT %s >= $2 FROM %s WHERE %s", amount.sql, target.rel_sql, pg::key_condition(target)),
+                2, types);
+        }
+
+        Datum values[2] = {target.key, by};
+        for (int round = 0; round < max_rounds; round++) {
+            int rc = SPI_execute_plan(plans->change, values, nullptr, false, 0);
+            if (rc != SPI_OK_UPDATE_RETURNING)
+                elog(ERROR, "pg_idem: decrement UPDATE failed: %s", SPI_result_code_string(rc));
+            if (SPI_processed == 1) {
+                bool isnull;
+                Datum left = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+                Datum result = SPI_datumTransfer(as_numeric(left, amount.type), false, -1);
+                SPI_finish();
+                stats::count(stats::decrement_done);
+                return result;
+            }
+            // Nothing changed: short, or no such row (also one the caller
+            // may not see through row-level security, as with plain SQL).
+            rc = SPI_execute_plan(plans->look, values, nullptr, false, 0);
+            if (rc != SPI_OK_SELECT)
+                elog(ERROR, "pg_idem: decrement look-up failed: %s", SPI_result_code_string(rc));
+            if (SPI_processed == 0)
+                ereport(ERROR, (errcode(ERRCODE_NO_DATA_FOUND),
+                                errmsg("no row of \"%s\" has %s = %s", target.rel_name, target.key_name,
+                                       pg::key_for_message(target))));
+            bool isnull;
+            bool enough = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+            if (isnull || !enough) {
+                SPI_finish();
+                stats::count(stats::decrement_insufficient);
+                PG_RETURN_NULL();
+            }
+            // The amount grew since the UPDATE looked: try again.
+        }
+        ereport(ERROR, (errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+                        errmsg("could not decrement %s of \"%s\": the row kept changing", amount.name, target.rel_name)));
+        pg_unreachable();
+    });
+}

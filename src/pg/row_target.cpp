@@ -1,0 +1,204 @@
+#include "pg/row_target.hpp"
+
+extern "C" {
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_index.h"
+#include "nodes/pg_list.h"
+#include "parser/parse_coerce.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/relcache.h"
+#include "utils/syscache.h"
+}
+
+#include <cstring>
+
+namespace idem::pg {
+namespace {
+
+HTAB* plans = nullptr;  // PlanKey -> CachedPlans, in CacheMemoryContext
+
+// A relation changed (ALTER TABLE, DROP, a new or dropped index, VACUUM's
+// statistics): its entries must be validated and prepared again. The plans
+// may be running right now (invalidations arrive while locks are taken), so
+// they are only marked here and freed by the next cached_plans().
+void relation_changed(Datum, Oid relid)
+{
+    if (plans == nullptr)
+        return;
+    HASH_SEQ_STATUS scan;
+    hash_seq_init(&scan, plans);
+    while (auto* entry = static_cast<CachedPlans*>(hash_seq_search(&scan)))
+        if (relid == InvalidOid || entry->key.relid == relid)
+            entry->stale = true;
+}
+
+bool has_unique_index_on(Oid relid, AttrNumber att)
+{
+    Relation rel = table_open(relid, AccessShareLock);
+    List* indexes = RelationGetIndexList(rel);
+    bool found = false;
+    ListCell* cell;
+    foreach (cell, indexes) {
+        HeapTuple tuple = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(lfirst_oid(cell)));
+        if (!HeapTupleIsValid(tuple))
+            continue;
+        auto* index = reinterpret_cast<Form_pg_index>(GETSTRUCT(tuple));
+        // Exactly that column, enforced for every row: no expression, no
+        // predicate, valid, and unique.
+        if (index->indisunique && index->indisvalid && index->indnkeyatts == 1 &&
+            index->indkey.values[0] == att && heap_attisnull(tuple, Anum_pg_index_indexprs, nullptr) &&
+            heap_attisnull(tuple, Anum_pg_index_indpred, nullptr))
+            found = true;
+        ReleaseSysCache(tuple);
+        if (found)
+            break;
+    }
+    list_free(indexes);
+    table_close(rel, AccessShareLock);
+    return found;
+}
+
+Column column_of(Oid relid, const char* rel_name, Name name)
+{
+    Column c;
+    c.name = NameStr(*name);
+    c.att = get_attnum(relid, c.name);
+    if (c.att == InvalidAttrNumber || c.att < 0)
+        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_COLUMN),
+                        errmsg("column \"%s\" of relation \"%s\" does not exist", c.name, rel_name)));
+    Oid type;
+    int32 typmod;
+    Oid collation;
+    get_atttypetypmodcoll(relid, c.att, &type, &typmod, &collation);
+    c.declared_type = type;
+    c.type = getBaseType(type);
+    c.typmod = typmod;
+    c.sql = quote_identifier(c.name);
+    return c;
+}
+
+Name name_arg(FunctionCallInfo fcinfo, int argno, const char* arg_name)
+{
+    if (PG_ARGISNULL(argno))
+        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("%s must not be NULL", arg_name)));
+    return PG_GETARG_NAME(argno);
+}
+
+}  // namespace
+
+void row_target_init()
+{
+    CacheRegisterRelcacheCallback(relation_changed, 0);
+}
+
+RowTarget row_target(FunctionCallInfo fcinfo, int rel_argno, int key_column_argno, int key_argno)
+{
+    RowTarget t;
+    if (PG_ARGISNULL(rel_argno))
+        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("rel must not be NULL")));
+    t.relid = PG_GETARG_OID(rel_argno);
+    char kind = get_rel_relkind(t.relid);
+    if (kind == '\0')
+        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE), errmsg("rel: relation with OID %u does not exist", t.relid)));
+    t.rel_name = get_rel_name(t.relid);
+    if (kind != RELKIND_RELATION && kind != RELKIND_PARTITIONED_TABLE)
+        ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE),
+                        errmsg("rel: \"%s\" is not a table", t.rel_name),
+                        errhint("Pass a table or a partitioned table.")));
+    t.rel_sql = quote_qualified_identifier(get_namespace_name(get_rel_namespace(t.relid)), t.rel_name);
+
+    Column key_column = column_of(t.relid, t.rel_name, name_arg(fcinfo, key_column_argno, "key_column"));
+    t.key_att = key_column.att;
+    t.key_type = key_column.declared_type;
+    t.key_sql = key_column.sql;
+    t.key_name = key_column.name;
+
+    if (PG_ARGISNULL(key_argno))
+        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("key must not be NULL")));
+    t.key = PG_GETARG_DATUM(key_argno);
+    t.key_arg_type = get_fn_expr_argtype(fcinfo->flinfo, key_argno);
+    if (t.key_arg_type != t.key_type && !can_coerce_type(1, &t.key_arg_type, &t.key_type, COERCION_ASSIGNMENT))
+        ereport(ERROR, (errcode(ERRCODE_DATATYPE_MISMATCH),
+                        errmsg("key of type %s cannot be compared with column \"%s\" of type %s",
+                               format_type_be(t.key_arg_type), t.key_name, format_type_be(t.key_type)),
+                        errhint("Pass the key as a %s.", format_type_be(t.key_type))));
+    return t;
+}
+
+Column target_column(const RowTarget& target, FunctionCallInfo fcinfo, int argno, const char* arg_name)
+{
+    return column_of(target.relid, target.rel_name, name_arg(fcinfo, argno, arg_name));
+}
+
+const char* key_condition(const RowTarget& t)
+{
+    return psprintf("%s = CAST($1 AS %s)", t.key_sql, format_type_be_qualified(t.key_type));
+}
+
+const char* key_for_message(const RowTarget& t)
+{
+    Oid output;
+    bool varlena;
+    getTypeOutputInfo(t.key_arg_type, &output, &varlena);
+    char* text = OidOutputFunctionCall(output, t.key);
+    return quote_literal_cstr(text);
+}
+
+CachedPlans* cached_plans(const PlanKey& key)
+{
+    if (plans == nullptr) {
+        HASHCTL info;
+        std::memset(&info, 0, sizeof info);
+        info.keysize = sizeof(PlanKey);
+        info.entrysize = sizeof(CachedPlans);
+        info.hcxt = CacheMemoryContext;
+        plans = hash_create("pg_idem helper plans", 64, &info, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+    }
+    bool found;
+    auto* entry = static_cast<CachedPlans*>(hash_search(plans, &key, HASH_ENTER, &found));
+    if (found && entry->stale) {
+        if (entry->change != nullptr)
+            SPI_freeplan(entry->change);
+        if (entry->look != nullptr)
+            SPI_freeplan(entry->look);
+    }
+    if (!found || entry->stale) {
+        entry->change = nullptr;
+        entry->look = nullptr;
+        entry->unique_key_checked = false;
+        entry->stale = false;
+    }
+    return entry;
+}
+
+void require_unique_key(const RowTarget& t, CachedPlans* plans)
+{
+    if (plans->unique_key_checked)
+        return;
+    if (!has_unique_index_on(t.relid, t.key_att))
+        ereport(ERROR, (errcode(ERRCODE_INVALID_COLUMN_REFERENCE),
+                        errmsg("key_column \"%s\" of \"%s\" has no unique index or primary key of its own",
+                               t.key_name, t.rel_name),
+                        errhint("The key must address exactly one row: CREATE UNIQUE INDEX ON %s (%s).",
+                                t.rel_sql, t.key_sql)));
+    plans->unique_key_checked = true;
+}
+
+SPIPlanPtr prepare_kept(const char* sql, int nargs, Oid* argtypes)
+{
+    SPIPlanPtr plan = SPI_prepare(sql, nargs, argtypes);
+    if (plan == nullptr)
+        elog(ERROR, "pg_idem: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+    if (SPI_keepplan(plan) != 0)
+        elog(ERROR, "pg_idem: SPI_keepplan failed");
+    return plan;
+}
+
+}  // namespace idem::pg

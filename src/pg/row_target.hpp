@@ -1,0 +1,83 @@
+// The row a helper addresses as (rel, key_column, key), validated against the
+// catalog: idem_decrement and idem_transition share it (SPEC "Conditional
+// decrement", "State transitions").
+//
+// The helpers run with the caller's rights and search path, exactly like the
+// UPDATE they stand for, so privileges, row-level security and triggers apply
+// as they would to plain SQL. Identifiers come from the catalog and are
+// quoted; they are never spliced into SQL as given.
+#pragma once
+
+#include "pg/postgres.hpp"
+
+extern "C" {
+#include "access/attnum.h"
+#include "executor/spi.h"
+}
+
+namespace idem::pg {
+
+struct RowTarget {
+    Oid relid;
+    const char* rel_sql;       // quoted schema.name
+    const char* rel_name;      // for messages
+    AttrNumber key_att;
+    Oid key_type;              // the key column's type
+    const char* key_sql;       // quoted column name
+    const char* key_name;
+    Oid key_arg_type;          // the type the caller passed the key as
+    Datum key;
+};
+
+// A column of the target's relation: its number, base type and typmod.
+struct Column {
+    AttrNumber att;
+    Oid type;       // base type (a domain's underlying type)
+    Oid declared_type;
+    int32 typmod;
+    const char* sql;   // quoted
+    const char* name;
+};
+
+// Validates rel (22004 NULL, 42P01 missing, 42809 not a table), key_column
+// (22004, 42703) and key (22004 NULL, 42804 not comparable in the column's
+// type). require_unique_key() checks the index.
+RowTarget row_target(FunctionCallInfo fcinfo, int rel_argno, int key_column_argno, int key_argno);
+
+// A further column of the target's relation (22004 NULL name, 42703 missing).
+Column target_column(const RowTarget& target, FunctionCallInfo fcinfo, int argno, const char* arg_name);
+
+// "WHERE <key> = CAST($1 AS <key type>)": the key compared in the column's type.
+const char* key_condition(const RowTarget& target);
+
+// The key as a message shows it.
+const char* key_for_message(const RowTarget& target);
+
+// Per-backend plans for helper statements, keyed by what shapes them (the
+// relation, columns and types); dropped when the relation changes (ALTER
+// TABLE, DROP, a new index), so the next call validates and prepares afresh.
+struct PlanKey {
+    Oid relid;
+    AttrNumber key_att;
+    AttrNumber other_att;
+    Oid key_arg_type;
+    int kind;  // which helper
+};
+struct CachedPlans {
+    PlanKey key;
+    SPIPlanPtr change;  // the one-statement UPDATE ... RETURNING
+    SPIPlanPtr look;    // what the row holds when the UPDATE changed nothing
+    bool unique_key_checked;
+    bool stale;         // the relation changed since
+};
+
+void row_target_init();
+// The cached plans for `key`, or an entry with both plans NULL to fill.
+CachedPlans* cached_plans(const PlanKey& key);
+// 42P10 unless the key column carries a unique index or primary key on
+// exactly that column (checked once per cached entry).
+void require_unique_key(const RowTarget& target, CachedPlans* plans);
+// SPI_prepare + SPI_keepplan, with the caller's search path.
+SPIPlanPtr prepare_kept(const char* sql, int nargs, Oid* argtypes);
+
+}  // namespace idem::pg

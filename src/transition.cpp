@@ -1,0 +1,112 @@
+// idem_transition: "is it already in the target state?" (SPEC "State
+// transitions") as one atomic
+//   UPDATE rel SET state = to WHERE key = $key AND state = from RETURNING true
+// in the caller's transaction, with the caller's rights. A repeated request
+// finds the row already in `to` and changes nothing (false); two racing
+// transitions serialise on the row lock and the second re-checks `state =
+// from` against what the first committed, so exactly one of them moves it.
+#include "pg/guard.hpp"
+#include "pg/row_target.hpp"
+
+extern "C" {
+#include "catalog/pg_collation.h"
+#include "catalog/pg_type.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+}
+
+namespace idem {
+namespace {
+
+constexpr int transition_plans = 2;  // PlanKey::kind
+constexpr int max_rounds = 100;
+
+// States compare byte for byte, as labels.
+bool same_state(Datum a, Datum b)
+{
+    return DatumGetBool(DirectFunctionCall2Coll(texteq, C_COLLATION_OID, a, b));
+}
+
+Datum state_arg(FunctionCallInfo fcinfo, int argno, const char* name)
+{
+    if (PG_ARGISNULL(argno))
+        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("%s must not be NULL", name)));
+    return PG_GETARG_DATUM(argno);
+}
+
+}  // namespace
+}  // namespace idem
+
+using namespace idem;
+
+// idem_transition(rel regclass, key_column name, key anyelement, state_column name,
+//                 from_state text, to_state text) RETURNS boolean
+IDEM_SQL_FUNCTION(idem_transition)
+{
+    return pg::guarded([&]() -> Datum {
+        pg::RowTarget target = pg::row_target(fcinfo, 0, 1, 2);
+        pg::Column state = pg::target_column(target, fcinfo, 3, "state_column");
+        Datum from = state_arg(fcinfo, 4, "from_state");
+        Datum to = state_arg(fcinfo, 5, "to_state");
+        if (same_state(from, to))
+            ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                            errmsg("from_state and to_state are both \"%s\"", TextDatumGetCString(from)),
+                            errhint("A transition moves a row from one state to another.")));
+
+        if (SPI_connect() != SPI_OK_CONNECT)
+            elog(ERROR, "pg_idem: SPI_connect failed");
+        pg::CachedPlans* plans =
+            pg::cached_plans(pg::PlanKey{target.relid, target.key_att, state.att, target.key_arg_type, transition_plans});
+        pg::require_unique_key(target, plans);
+        if (plans->change == nullptr) {
+            // States arrive as text and are compared in the column's type
+            // (text, varchar, an enum: an unknown label is 22P02).
+            const char* state_type = format_type_be_qualified(state.declared_type);
+            Oid types[3] = {target.key_arg_type, TEXTOID, TEXTOID};
+            plans->change = pg::prepare_kept(
+                psprintf("UPDATE %s SET %s = CAST($3 AS %s) WHERE %s AND %s = CAST($2 AS %s) RETURNING true",
+                         target.rel_sql, state.sql, state_type, pg::key_condition(target), state.sql, state_type),
+                3, types);
+            plans->look = pg::prepare_kept(
+                psprintf("SELECT CAST(%s AS pg_catalog.text) FROM %s WHERE %s", state.sql, target.rel_sql,
+                         pg::key_condition(target)),
+                3, types);
+        }
+
+        Datum values[3] = {target.key, from, to};
+        for (int round = 0; round < max_rounds; round++) {
+            int rc = SPI_execute_plan(plans->change, values, nullptr, false, 0);
+            if (rc != SPI_OK_UPDATE_RETURNING)
+                elog(ERROR, "pg_idem: transition UPDATE failed: %s", SPI_result_code_string(rc));
+            if (SPI_processed == 1) {
+                SPI_finish();
+                PG_RETURN_BOOL(true);
+            }
+            rc = SPI_execute_plan(plans->look, values, nullptr, false, 0);
+            if (rc != SPI_OK_SELECT)
+                elog(ERROR, "pg_idem: transition look-up failed: %s", SPI_result_code_string(rc));
+            if (SPI_processed == 0)
+                ereport(ERROR, (errcode(ERRCODE_NO_DATA_FOUND),
+                                errmsg("no row of \"%s\" has %s = %s", target.rel_name, target.key_name,
+                                       pg::key_for_message(target))));
+            bool isnull;
+            Datum current = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+            if (!isnull && same_state(current, to)) {
+                SPI_finish();
+                PG_RETURN_BOOL(false);  // already there: a repeated request
+            }
+            if (isnull || !same_state(current, from))
+                ereport(ERROR, (errcode(IDEM_ERRCODE_WRONG_STATE),
+                                errmsg("row of \"%s\" with %s = %s is in state %s, not %s", target.rel_name,
+                                       target.key_name, pg::key_for_message(target),
+                                       isnull ? "NULL" : quote_literal_cstr(TextDatumGetCString(current)),
+                                       quote_literal_cstr(TextDatumGetCString(from))),
+                                errhint("A transition to \"%s\" starts from \"%s\".", TextDatumGetCString(to),
+                                        TextDatumGetCString(from))));
+            // Back in from_state since the UPDATE looked: try again.
+        }
+        ereport(ERROR, (errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+                        errmsg("could not move the row of \"%s\": its state kept changing", target.rel_name)));
+        pg_unreachable();
+    });
+}
