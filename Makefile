@@ -8,7 +8,7 @@ SRCS = $(sort $(wildcard src/*.cpp src/pg/*.cpp src/core/*.cpp))
 OBJS = $(SRCS:.cpp=.o)
 
 # The install script is assembled from one SQL file per capability, in this order.
-INSTALL_SQL = src/sql/extension.sql src/sql/claim.sql src/sql/decrement.sql src/sql/purge.sql src/sql/stats.sql src/sql/stock.sql
+INSTALL_SQL = src/sql/extension.sql src/sql/claim.sql src/sql/decrement.sql src/sql/token.sql src/sql/purge.sql src/sql/stats.sql src/sql/stock.sql
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
 
 # Every test file is picked up by wildcard: no test can be orphaned.

@@ -31,7 +31,22 @@ pg::Statement delete_expired_claims = {
     "AND expires_at <= $1",
     2, {TIMESTAMPTZOID, INT8OID}};
 
-pg::Statement* const expiring_tables[] = {&delete_expired_claims};
+pg::Statement delete_expired_tokens = {
+    "DELETE FROM @extschema@.idem_tokens "
+    "WHERE ctid = ANY (ARRAY(SELECT ctid FROM @extschema@.idem_tokens "
+    "                        WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)) "
+    "AND expires_at <= $1",
+    2, {TIMESTAMPTZOID, INT8OID}};
+
+// The fencing sequence is not touched: tokens keep growing after a purge.
+pg::Statement delete_expired_leases = {
+    "DELETE FROM @extschema@.idem_leases "
+    "WHERE ctid = ANY (ARRAY(SELECT ctid FROM @extschema@.idem_leases "
+    "                        WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)) "
+    "AND expires_at <= $1",
+    2, {TIMESTAMPTZOID, INT8OID}};
+
+pg::Statement* const expiring_tables[] = {&delete_expired_claims, &delete_expired_tokens, &delete_expired_leases};
 
 }  // namespace
 

@@ -34,6 +34,11 @@ Scope checked_scope(const char* arg_name, const Text* text)
     return Scope{checked_text(arg_name, text, max_scope_bytes)};
 }
 
+LeaseName checked_lease_name(const char* arg_name, const Text* text)
+{
+    return LeaseName{checked_text(arg_name, text, max_lease_name_bytes)};
+}
+
 Item checked_item(const char* arg_name, const Text* text)
 {
     return Item{checked_text(arg_name, text, max_item_bytes)};
@@ -48,7 +53,7 @@ void check_ttl(const char* arg_name, int32_t months, int32_t days, int64_t micro
     if (span <= 0)
         throw Error(sqlstate::invalid_parameter_value,
                     std::string(arg_name) + " must be a positive interval",
-                    "Pass NULL for a claim that never expires.");
+                    "Claims and tokens take NULL for no expiry; leases always expire.");
     // Each field on its own too: now() + ttl adds them one at a time.
     auto field_ok = [&](__int128 v) { return v >= -max_usec && v <= max_usec; };
     if (span > max_usec || !field_ok(__int128(months) * 30 * usec_per_day) ||

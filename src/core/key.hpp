@@ -28,6 +28,13 @@ struct Scope {
     Text text;
 };
 
+// A lease's name and owner (src/lease.cpp): btree-indexed as they are.
+inline constexpr size_t max_lease_name_bytes = 1024;
+struct LeaseName {
+    Text text;
+};
+LeaseName checked_lease_name(const char* arg_name, const Text* text);
+
 // A hot-stock item's name (src/stock.cpp).
 inline constexpr size_t max_item_bytes = 128;
 struct Item {

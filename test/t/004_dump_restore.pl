@@ -1,5 +1,7 @@
-# pg_dump / pg_restore keep every claim: after restoring into a new database
-# a retried request is still a duplicate and gets its stored response back.
+# pg_dump / pg_restore keep every claim, token, lease and fencing counter:
+# after restoring into a new database a retried request is
+# still a duplicate and gets its stored response back, a consumed token stays
+# consumed, an unconsumed one works once, and fencing tokens keep growing.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -19,6 +21,11 @@ $node->safe_psql('shop', q{
 	SELECT idem_finish('pay-1', 'payments', '{"payment_id": 42}');
 	COMMIT;
 	SELECT idem_claim(repeat('k', 10000), 'big');
+	CREATE TABLE tokens (name text, token uuid);
+	INSERT INTO tokens SELECT 'used', idem_token_issue('pay');
+	INSERT INTO tokens SELECT 'fresh', idem_token_issue('pay', NULL);
+	SELECT idem_token_consume((SELECT token FROM tokens WHERE name = 'used'), 'pay');
+	CREATE TABLE fences AS SELECT idem_lease_acquire('job', 'worker-a', '1 hour') AS token;
 });
 
 my $tempdir = PostgreSQL::Test::Utils::tempdir;
@@ -49,6 +56,17 @@ for my $format ('custom', 'plain')
 		qq{\\set VERBOSITY verbose\nSELECT * FROM idem_begin('pay-1', 'payments', '1 day', '{"amount": 11}')});
 	like($stderr, qr/IK001/, "$format: the request fingerprint survives too");
 	is($node->safe_psql($target, q{SELECT idem_claim('order-3', 'orders')}), 't', "$format: new requests still claim");
+	is($node->safe_psql($target, q{
+		SELECT idem_token_consume((SELECT token FROM tokens WHERE name = 'used'), 'pay'),
+		       idem_token_consume((SELECT token FROM tokens WHERE name = 'fresh'), 'pay'),
+		       idem_token_consume((SELECT token FROM tokens WHERE name = 'fresh'), 'pay')}),
+		'f|t|f', "$format: a consumed token stays consumed, a fresh one works once");
+	is($node->safe_psql($target, q{SELECT idem_lease_check('job', (SELECT token FROM fences))}),
+		't', "$format: the lease and its fencing token are restored");
+	is($node->safe_psql($target, q{
+		SELECT idem_lease_release('job', 'worker-a'),
+		       idem_lease_acquire('job', 'worker-b', '1 minute') > (SELECT token FROM fences)}),
+		't|t', "$format: the fencing counter keeps growing after a restore");
 }
 
 $node->stop;
