@@ -24,7 +24,7 @@ PG_CXXFLAGS = -std=c++17 -Wall -Wextra -Wno-register -Wno-missing-field-initiali
               -Wno-unused-parameter $(if $(WERROR),-Werror)
 PG_CPPFLAGS = -I$(srcdir)/src -MMD -MP
 SHLIB_LINK  = -lstdc++
-EXTRA_CLEAN = $(SRCS:.cpp=.d) results output_iso regression.diffs regression.out
+EXTRA_CLEAN = $(SRCS:.cpp=.d) results output_iso regression.diffs regression.out $(STRESS)
 
 # Debian's server is built with LLVM, and the bitcode rule would compile our
 # sources with clang without PG_CXXFLAGS. pg_idem's functions spend their time
@@ -40,6 +40,14 @@ $(DATA_built): $(INSTALL_SQL) Makefile
 
 # Header dependencies, so editing a header rebuilds what uses it.
 -include $(SRCS:.cpp=.d)
+
+# The libpqxx stress client (test/stress): a program of its own, not part of
+# the extension; `make stress` builds it.
+STRESS = test/stress/idem_stress
+.PHONY: stress
+stress: $(STRESS)
+$(STRESS): test/stress/idem_stress.cpp
+	$(CXX) -std=c++17 -O2 -Wall -Wextra $(if $(WERROR),-Werror) -o $@ $< -lpqxx -lpq -pthread
 
 # The split between plain C++ and PostgreSQL code is checked at build time.
 .PHONY: core-check
