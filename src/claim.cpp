@@ -86,7 +86,7 @@ Statement renew_claim = {
 // claim_core, one by one.
 Statement insert_claims = {
     "INSERT INTO @extschema@.idem_claims (scope, key, claimed_at, expires_at) "
-    "SELECT $1, k, $2, $3 FROM unnest($4::text[]) WITH ORDINALITY AS u(k, i) ORDER BY i "
+    "SELECT $1, k, $2, $3 FROM pg_catalog.unnest($4::pg_catalog.text[]) WITH ORDINALITY AS u(k, i) ORDER BY i "
     "ON CONFLICT (@extschema@.idem_key_hash(scope, key)) DO NOTHING "
     "RETURNING @extschema@.idem_key_hash(scope, key)",
     4, {TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTARRAYOID}};

@@ -22,18 +22,34 @@ Oid prepared_namespace = InvalidOid;
 char* prepared_schema = nullptr;  // quoted, in TopMemoryContext
 uint64 generation = 1;
 
-// Every statement is parsed, planned and run under this search path:
-// pg_catalog first, then the extension's schema, never pg_temp. So an
-// operator, function or type that a caller created in public or pg_temp,
-// whatever the caller's search_path, can never stand in for PostgreSQL's own
-// inside a SECURITY DEFINER function. (Pinning it this way costs a list
-// push per statement; a SET search_path clause on each function cost about a
-// fifth of a claim's time.)
+// Every statement is parsed, planned and run with pg_catalog alone on the
+// search path: pg_idem's own objects are always named with their schema
+// (@extschema@), so nothing a user creates, in public, pg_temp or the
+// extension's own schema, can be found by an unqualified name. Otherwise a
+// function in public with an exactly matching signature (unnest(text[])
+// against pg_catalog's unnest(anyarray)) would win the lookup and run as the
+// extension's owner inside a SECURITY DEFINER function. (Pinning it this way
+// costs a list push per statement; a SET search_path clause on each function
+// cost about a fifth of a claim's time.)
 OverrideSearchPath* pinned_path = nullptr;  // in TopMemoryContext
 
 void namespace_changed(Datum, int, uint32)
 {
     prepared_namespace = InvalidOid;
+}
+
+void pin_search_path()
+{
+    if (pinned_path == nullptr) {
+        pinned_path = static_cast<OverrideSearchPath*>(
+            MemoryContextAllocZero(TopMemoryContext, sizeof(OverrideSearchPath)));
+        pinned_path->schemas = NIL;
+        pinned_path->addCatalog = true;
+        pinned_path->addTemp = false;
+    }
+    // An error before the matching pop leaves the path pushed; (sub)transaction
+    // abort pops it.
+    PushOverrideSearchPath(pinned_path);
 }
 
 const char* extension_schema(Oid nsp)
@@ -49,16 +65,6 @@ const char* extension_schema(Oid nsp)
             prepared_schema = MemoryContextStrdup(TopMemoryContext, quoted);
             generation++;
         }
-        MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-        if (pinned_path != nullptr) {
-            list_free(pinned_path->schemas);
-            pfree(pinned_path);
-        }
-        pinned_path = static_cast<OverrideSearchPath*>(palloc0(sizeof(OverrideSearchPath)));
-        pinned_path->schemas = list_make1_oid(nsp);
-        pinned_path->addCatalog = true;
-        pinned_path->addTemp = false;
-        MemoryContextSwitchTo(old);
         prepared_namespace = nsp;
     }
     return prepared_schema;
@@ -97,7 +103,9 @@ uint64 run(Statement& stmt, FunctionCallInfo fcinfo, Datum* values, const char* 
 Oid installed_namespace()
 {
     // (PostgreSQL 15 keeps get_extension_schema() to itself.)
+    pin_search_path();
     int rc = SPI_execute("SELECT extnamespace FROM pg_catalog.pg_extension WHERE extname = 'pg_idem'", true, 1);
+    PopOverrideSearchPath();
     if (rc != SPI_OK_SELECT)
         elog(ERROR, "pg_idem: looking up the extension failed: %s", SPI_result_code_string(rc));
     if (SPI_processed == 0)
@@ -109,8 +117,7 @@ Oid installed_namespace()
 uint64 run(Statement& stmt, Oid extension_namespace, Datum* values, const char* nulls)
 {
     const char* schema = extension_schema(extension_namespace);
-    // An error below leaves the path pushed; (sub)transaction abort pops it.
-    PushOverrideSearchPath(pinned_path);
+    pin_search_path();
     if (stmt.plan == nullptr || stmt.generation != generation) {
         if (stmt.plan != nullptr) {
             SPI_freeplan(stmt.plan);

@@ -5,7 +5,7 @@
 // @extschema@ for the schema the extension lives in; it is resolved from the
 // calling function, and the plans are prepared again when that schema moves
 // or is renamed. Every statement runs under a pinned search path
-// (pg_catalog, the extension's schema), whatever the caller's.
+// (pg_catalog alone), whatever the caller's.
 #pragma once
 
 #include "pg/postgres.hpp"
