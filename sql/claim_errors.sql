@@ -37,11 +37,18 @@ SELECT sql, pg_temp.error_of(sql) FROM unnest(ARRAY[
     $$SELECT idem_claim('k', 'default', '-1 second')$$,
     $$SELECT idem_claim('k', 'default', '1 month -30 days')$$,
     $$SELECT idem_claim('k', 'default', '1 day -86400 seconds')$$,
+    -- positive when a month counts 30 days, but a year back and 360 days on
+    -- by the calendar lands in the past: refused, not claimed already expired
+    $$SELECT idem_claim('k', 'default', '-1 year 360 days 1 second')$$,
+    $$SELECT idem_token_issue('default', '-1 year 360 days 1 second')$$,
+    $$SELECT idem_lease_acquire('n', 'o', '-1 year 360 days 1 second')$$,
     $$SELECT idem_claim('k', 'default', '1001 years')$$,
     $$SELECT idem_claim('k', 'default', make_interval(years => 2000, days => -700000))$$,
     $$SELECT idem_claim('k', 'default', '178000000 years')$$,
     $$SELECT * FROM idem_begin('k', 'default', '-1 day')$$,
     $$SELECT * FROM idem_claim_many(ARRAY['k'], 'default', '0')$$,
+    -- more keys than one batch takes: 54000, before any is looked at
+    $$SELECT * FROM idem_claim_many(array_fill(NULL::text, ARRAY[1000001]))$$,
     -- wrong types are refused by PostgreSQL before pg_idem runs
     $$SELECT idem_claim(42)$$,
     $$SELECT idem_claim('k', 'default', 'soon')$$,

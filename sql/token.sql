@@ -38,9 +38,19 @@ SELECT idem_token_consume('00000000-0000-4000-8000-000000000000') AS unknown;
 SELECT idem_token_issue('default', '1 millisecond') AS t6 \gset
 SELECT pg_sleep(0.01);
 SELECT idem_token_consume(:'t6') AS expired;
-SELECT count(*) AS expired_row_still_stored FROM idem_tokens WHERE token = :'t6';
+-- An expired token nobody consumed stays until the purge.
+SELECT idem_token_issue('default', '1 millisecond') AS t6b \gset
+SELECT pg_sleep(0.01);
+SELECT count(*) AS expired_row_still_stored FROM idem_tokens WHERE token = :'t6b';
 SELECT idem_purge() >= 1 AS purged;
-SELECT count(*) AS expired_row_purged FROM idem_tokens WHERE token = :'t6';
+SELECT count(*) AS expired_row_purged FROM idem_tokens WHERE token = :'t6b';
+-- Expiry is judged by the clock, not by the transaction's start: a token
+-- issued and left to expire inside one transaction is refused there.
+BEGIN;
+SELECT idem_token_issue('default', '20 milliseconds') AS t6c \gset
+SELECT pg_sleep(0.05);
+SELECT idem_token_consume(:'t6c') AS expired_within_the_transaction;
+COMMIT;
 -- ttl NULL: never expires.
 SELECT idem_token_issue('default', NULL) AS t7 \gset
 SELECT expires_at IS NULL AS forever FROM idem_tokens WHERE token = :'t7';

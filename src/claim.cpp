@@ -52,8 +52,7 @@ struct ClaimRequest {
     pg::ScopeArg scope;
     pg::KeyArg key;
     pg_uuid_t hash;
-    TimestampTz now;
-    pg::Expiry expiry;
+    pg::Ttl ttl;
     bool has_fingerprint;
     int64 fingerprint;  // jsonb_hash_extended of the request
 };
@@ -102,6 +101,10 @@ Statement forget_claim = {
     "RETURNING expires_at",
     3, {TEXTOID, TEXTOID, UUIDOID}};
 
+// The most keys one idem_claim_many call takes: its working memory is a few
+// dozen bytes per key, well inside what one allocation may hold.
+constexpr int max_keys_per_batch = 1000000;
+
 // A claim that keeps changing under us (renewed, forgotten, renewed again)
 // cannot loop forever: after this many rounds the caller retries (40001).
 constexpr int max_claim_rounds = 100;
@@ -140,8 +143,7 @@ ClaimRequest claim_request(FunctionCallInfo fcinfo, pg::KeyArg key, int scope_ar
     r.scope = pg::scope_arg(fcinfo, scope_argno, "scope");
     r.key = key;
     r.hash = uuid_of(key_hash(r.scope.scope, r.key.key));
-    r.now = GetCurrentTimestamp();
-    r.expiry = pg::expiry_arg(fcinfo, ttl_argno, "ttl", r.now, true);
+    r.ttl = pg::ttl_arg(fcinfo, ttl_argno, "ttl", true);
     r.has_fingerprint = false;
     r.fingerprint = 0;
     return r;
@@ -157,15 +159,18 @@ ClaimRequest claim_request(FunctionCallInfo fcinfo, pg::KeyArg key, int scope_ar
              errhint("Use another key.")));
 }
 
-// The heart of claiming; runs inside SPI_connect.
+// The heart of claiming; runs inside SPI_connect. Every decision is judged
+// by the clock at the moment it is made: a statement may have waited for
+// another transaction, and a claim may have expired meanwhile.
 ClaimOutcome claim_core(const ClaimRequest& r, FunctionCallInfo fcinfo, MemoryContext result_cxt)
 {
     for (int round = 0; round < max_claim_rounds; round++) {
         // 1. The common case, a key nobody holds: one INSERT.
-        Datum insert_values[5] = {r.scope.datum, r.key.datum, TimestampTzGetDatum(r.now),
-                                  TimestampTzGetDatum(r.expiry.at), Int64GetDatum(r.fingerprint)};
-        const char insert_nulls[5] = {' ', ' ', ' ', r.expiry.never ? 'n' : ' ',
-                                      r.has_fingerprint ? ' ' : 'n'};
+        TimestampTz now = GetCurrentTimestamp();
+        pg::Expiry expiry = pg::expiry_at(r.ttl, now);
+        Datum insert_values[5] = {r.scope.datum, r.key.datum, TimestampTzGetDatum(now),
+                                  TimestampTzGetDatum(expiry.at), Int64GetDatum(r.fingerprint)};
+        const char insert_nulls[5] = {' ', ' ', ' ', expiry.never ? 'n' : ' ', r.has_fingerprint ? ' ' : 'n'};
         if (pg::run(insert_claim, fcinfo, insert_values, insert_nulls) == 1) {
             stats::count(stats::claim_new, r.scope.scope);
             return ClaimOutcome{ClaimStatus::new_claim, false, 0};
@@ -173,6 +178,7 @@ ClaimOutcome claim_core(const ClaimRequest& r, FunctionCallInfo fcinfo, MemoryCo
 
         // 2. A row holds the key; if its writer was still running, the INSERT
         //    waited for it. Read what is there now.
+        now = GetCurrentTimestamp();
         Datum probe_values[3] = {r.scope.datum, r.key.datum, UUIDPGetDatum(&r.hash)};
         if (pg::run(probe_claim, fcinfo, probe_values, nullptr) == 0)
             continue;  // deleted in between (idem_forget, purge): try again
@@ -185,7 +191,7 @@ ClaimOutcome claim_core(const ClaimRequest& r, FunctionCallInfo fcinfo, MemoryCo
         if (!same_key)
             raise_hash_collision(r);
 
-        if (is_live(never_expires, expires_at, r.now)) {
+        if (is_live(never_expires, expires_at, now)) {
             // The claim's writer was still running when the calling statement
             // started: the INSERT above waited for it to commit.
             if (ActiveSnapshotSet() && XidInMVCCSnapshot(writer, GetActiveSnapshot()) &&
@@ -213,9 +219,10 @@ ClaimOutcome claim_core(const ClaimRequest& r, FunctionCallInfo fcinfo, MemoryCo
         SPI_freetuptable(SPI_tuptable);
 
         // 3. The claim there has expired: it counts as absent, take it over.
-        Datum renew_values[4] = {TimestampTzGetDatum(r.now), TimestampTzGetDatum(r.expiry.at),
+        expiry = pg::expiry_at(r.ttl, now);
+        Datum renew_values[4] = {TimestampTzGetDatum(now), TimestampTzGetDatum(expiry.at),
                                  Int64GetDatum(r.fingerprint), UUIDPGetDatum(&r.hash)};
-        const char renew_nulls[4] = {' ', r.expiry.never ? 'n' : ' ', r.has_fingerprint ? ' ' : 'n', ' '};
+        const char renew_nulls[4] = {' ', expiry.never ? 'n' : ' ', r.has_fingerprint ? ' ' : 'n', ' '};
         if (pg::run(renew_claim, fcinfo, renew_values, renew_nulls) == 1) {
             stats::count(stats::claim_new, r.scope.scope);
             return ClaimOutcome{ClaimStatus::new_claim, false, 0};
@@ -382,6 +389,11 @@ IDEM_SQL_FUNCTION(idem_claim_many)
         if (PG_ARGISNULL(0))
             ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("keys must not be NULL")));
         ArrayType* array = PG_GETARG_ARRAYTYPE_P(0);
+        int given = ArrayGetNItems(ARR_NDIM(array), ARR_DIMS(array));
+        if (given > max_keys_per_batch)
+            ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+                            errmsg("keys holds %d elements, at most %d are allowed", given, max_keys_per_batch),
+                            errhint("Claim the keys in several calls; they may share a transaction.")));
         Datum* elements;
         bool* element_nulls;
         int n;
@@ -437,9 +449,11 @@ IDEM_SQL_FUNCTION(idem_claim_many)
             for (int d = 0; d < n_distinct; d++)
                 datums[d] = keys[distinct[d]].datum;
             ArrayType* batch = construct_array(datums, n_distinct, TEXTOID, -1, false, TYPALIGN_INT);
-            Datum values[4] = {base.scope.datum, TimestampTzGetDatum(base.now), TimestampTzGetDatum(base.expiry.at),
+            TimestampTz now = GetCurrentTimestamp();
+            pg::Expiry expiry = pg::expiry_at(base.ttl, now);
+            Datum values[4] = {base.scope.datum, TimestampTzGetDatum(now), TimestampTzGetDatum(expiry.at),
                                PointerGetDatum(batch)};
-            const char nulls[4] = {' ', ' ', base.expiry.never ? 'n' : ' ', ' '};
+            const char nulls[4] = {' ', ' ', expiry.never ? 'n' : ' ', ' '};
             uint64 inserted = pg::run(insert_claims, fcinfo, values, nulls);
             for (uint64 row = 0; row < inserted; row++) {
                 bool isnull;

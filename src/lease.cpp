@@ -23,29 +23,49 @@ extern "C" {
 namespace idem {
 namespace {
 
-// Grant when the name is free, expired, or held by the same owner; the same
-// owner's unexpired lease keeps its token. Times are parameters; nextval
-// stands in VALUES, never in the ON CONFLICT clause.
-pg::Statement acquire_lease = {
-    "INSERT INTO @extschema@.idem_leases AS l (name, owner, fencing_token, acquired_at, expires_at) "
-    "VALUES ($1, $2, pg_catalog.nextval('@extschema@.idem_lease_fencing'), $3, $4) "
-    "ON CONFLICT (name) DO UPDATE SET "
-    "  owner = excluded.owner, expires_at = excluded.expires_at, "
-    "  fencing_token = CASE WHEN l.owner = excluded.owner AND l.expires_at > $3 "
-    "                       THEN l.fencing_token ELSE excluded.fencing_token END, "
-    "  acquired_at = CASE WHEN l.owner = excluded.owner AND l.expires_at > $3 "
-    "                     THEN l.acquired_at ELSE excluded.acquired_at END "
-    "WHERE l.owner = excluded.owner OR l.expires_at <= $3 "
-    "RETURNING fencing_token",
-    4, {TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID}};
+// Acquiring takes the lease's row lock first and decides after, by the
+// clock at that moment: a concurrent acquirer of the same name waits for
+// this transaction, and a new fencing token is drawn only while the row is
+// locked, so a later grant always draws a larger one. (A token drawn before
+// the wait could be smaller than the one the other transaction was granted.)
+// Times and tokens are computed here and passed as parameters.
+pg::Statement lock_lease = {
+    "SELECT owner = $2, expires_at, fencing_token FROM @extschema@.idem_leases WHERE name = $1 FOR UPDATE",
+    2, {TEXTOID, TEXTOID}};
 
+pg::Statement next_fencing_token = {"SELECT pg_catalog.nextval('@extschema@.idem_lease_fencing')", 0, {}};
+
+// A name nobody holds: insert the row, which locks it, then grant it as
+// below. A concurrent first acquirer makes this wait and then do nothing;
+// the caller goes back to lock_lease.
+pg::Statement insert_lease = {
+    "INSERT INTO @extschema@.idem_leases (name, owner, fencing_token, acquired_at, expires_at) "
+    "VALUES ($1, '', 0, '-infinity', '-infinity') ON CONFLICT (name) DO NOTHING",
+    1, {TEXTOID}};
+
+// A new holder of a locked row (new, or the last holder's lease expired).
+pg::Statement grant_lease = {
+    "UPDATE @extschema@.idem_leases SET owner = $2, fencing_token = $3, acquired_at = $4, expires_at = $5 "
+    "WHERE name = $1",
+    5, {TEXTOID, TEXTOID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID}};
+
+pg::Statement extend_lease = {
+    "UPDATE @extschema@.idem_leases SET expires_at = $2 WHERE name = $1", 2, {TEXTOID, TIMESTAMPTZOID}};
+
+// The row is deleted whether or not it has expired (an expired lease is as
+// good as absent); `true` only if it was still held, by the clock after the
+// DELETE, which may have waited.
 pg::Statement release_lease = {
-    "DELETE FROM @extschema@.idem_leases WHERE name = $1 AND owner = $2 AND expires_at > $3",
-    3, {TEXTOID, TEXTOID, TIMESTAMPTZOID}};
+    "DELETE FROM @extschema@.idem_leases WHERE name = $1 AND owner = $2 RETURNING expires_at",
+    2, {TEXTOID, TEXTOID}};
 
 pg::Statement check_lease = {
     "SELECT 1 FROM @extschema@.idem_leases WHERE name = $1 AND fencing_token = $2 AND expires_at > $3",
     3, {TEXTOID, INT8OID, TIMESTAMPTZOID}};
+
+// Rounds of "insert, or lock and decide" before giving up with 40001: each
+// lost round means another transaction inserted or deleted the row meanwhile.
+constexpr int max_acquire_rounds = 100;
 
 Datum lease_name_arg(FunctionCallInfo fcinfo, int argno, const char* name)
 {
@@ -64,6 +84,23 @@ void connect_spi()
         elog(ERROR, "pg_idem: SPI_connect failed");
 }
 
+// A new fencing token, drawn while this transaction holds the lease's row
+// lock. Runs inside SPI_connect.
+int64 fencing_token(FunctionCallInfo fcinfo)
+{
+    pg::run(next_fencing_token, fcinfo, nullptr, nullptr);
+    bool isnull;
+    return DatumGetInt64(pg::result_value(0, 1, &isnull));
+}
+
+// The end of a granting idem_lease_acquire.
+Datum granted(int64 token)
+{
+    SPI_finish();
+    stats::count(stats::lease_granted);
+    return Int64GetDatum(token);
+}
+
 }  // namespace
 }  // namespace idem
 
@@ -76,22 +113,42 @@ IDEM_SQL_FUNCTION(idem_lease_acquire)
         PreventCommandIfReadOnly("idem_lease_acquire()");
         Datum name = lease_name_arg(fcinfo, 0, "name");
         Datum owner = lease_name_arg(fcinfo, 1, "owner");
-        TimestampTz now = GetCurrentTimestamp();
-        pg::Expiry expiry = pg::expiry_arg(fcinfo, 2, "ttl", now, false);
+        pg::Ttl ttl = pg::ttl_arg(fcinfo, 2, "ttl", false);
 
         connect_spi();
-        Datum values[4] = {name, owner, TimestampTzGetDatum(now), TimestampTzGetDatum(expiry.at)};
-        bool granted = pg::run(acquire_lease, fcinfo, values, nullptr) == 1;
-        int64 token = 0;
-        if (granted) {
-            bool isnull;
-            token = DatumGetInt64(pg::result_value(0, 1, &isnull));
+        for (int round = 0; round < max_acquire_rounds; round++) {
+            Datum names[2] = {name, owner};
+            bool same_owner = false, isnull;
+            TimestampTz expires_at = DT_NOBEGIN;
+            int64 token = 0;
+            if (pg::run(lock_lease, fcinfo, names, nullptr) == 1) {
+                same_owner = DatumGetBool(pg::result_value(0, 1, &isnull));
+                expires_at = DatumGetTimestampTz(pg::result_value(0, 2, &isnull));
+                token = DatumGetInt64(pg::result_value(0, 3, &isnull));
+            } else if (pg::run(insert_lease, fcinfo, names, nullptr) == 0) {
+                continue;  // a concurrent first acquirer inserted it
+            }
+            TimestampTz now = GetCurrentTimestamp();
+            TimestampTz new_expiry = pg::expiry_at(ttl, now).at;
+            if (now < expires_at && !same_owner) {
+                SPI_finish();
+                stats::count(stats::lease_refused);
+                PG_RETURN_NULL();  // another owner holds it, unexpired
+            }
+            if (now < expires_at) {
+                Datum values[2] = {name, TimestampTzGetDatum(new_expiry)};
+                pg::run(extend_lease, fcinfo, values, nullptr);
+                return granted(token);  // the same owner keeps its token
+            }
+            token = fencing_token(fcinfo);
+            Datum values[5] = {name, owner, Int64GetDatum(token), TimestampTzGetDatum(now),
+                               TimestampTzGetDatum(new_expiry)};
+            pg::run(grant_lease, fcinfo, values, nullptr);
+            return granted(token);
         }
-        SPI_finish();
-        stats::count(granted ? stats::lease_granted : stats::lease_refused);
-        if (!granted)
-            PG_RETURN_NULL();  // another owner holds it, unexpired
-        PG_RETURN_INT64(token);
+        ereport(ERROR, (errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+                        errmsg("could not acquire the lease: concurrent transactions kept changing it")));
+        pg_unreachable();
     });
 }
 
@@ -103,8 +160,12 @@ IDEM_SQL_FUNCTION(idem_lease_release)
         Datum name = lease_name_arg(fcinfo, 0, "name");
         Datum owner = lease_name_arg(fcinfo, 1, "owner");
         connect_spi();
-        Datum values[3] = {name, owner, TimestampTzGetDatum(GetCurrentTimestamp())};
-        bool released = pg::run(release_lease, fcinfo, values, nullptr) == 1;
+        Datum values[2] = {name, owner};
+        bool released = false;
+        if (pg::run(release_lease, fcinfo, values, nullptr) == 1) {
+            bool isnull;
+            released = GetCurrentTimestamp() < DatumGetTimestampTz(pg::result_value(0, 1, &isnull));
+        }
         SPI_finish();
         PG_RETURN_BOOL(released);
     });

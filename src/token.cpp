@@ -25,11 +25,14 @@ pg::Statement insert_token = {
     "INSERT INTO @extschema@.idem_tokens (token, scope, issued_at, expires_at) VALUES ($1, $2, $3, $4)",
     4, {UUIDOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID}};
 
-// Expired tokens stay until the purge; they count as absent here.
+// Expired tokens stay until the purge and count as absent. Whether the row
+// deleted here had expired is judged after the DELETE, by the clock then:
+// the DELETE may have waited for another consumer that rolled back, and the
+// token may have expired meanwhile. (Deleting an expired token does what
+// the purge would.)
 pg::Statement consume_token = {
-    "DELETE FROM @extschema@.idem_tokens "
-    "WHERE token = $1 AND scope = $2 AND (expires_at IS NULL OR expires_at > $3)",
-    3, {UUIDOID, TEXTOID, TIMESTAMPTZOID}};
+    "DELETE FROM @extschema@.idem_tokens WHERE token = $1 AND scope = $2 RETURNING expires_at",
+    2, {UUIDOID, TEXTOID}};
 
 // A random (version 4) UUID from PostgreSQL's strong random source.
 pg_uuid_t random_token()
@@ -60,7 +63,7 @@ IDEM_SQL_FUNCTION(idem_token_issue)
         PreventCommandIfReadOnly("idem_token_issue()");
         pg::ScopeArg scope = pg::scope_arg(fcinfo, 0, "scope");
         TimestampTz now = GetCurrentTimestamp();
-        pg::Expiry expiry = pg::expiry_arg(fcinfo, 1, "ttl", now, true);
+        pg::Expiry expiry = pg::expiry_at(pg::ttl_arg(fcinfo, 1, "ttl", true), now);
         auto* token = static_cast<pg_uuid_t*>(palloc(sizeof(pg_uuid_t)));
         *token = random_token();
 
@@ -82,11 +85,15 @@ IDEM_SQL_FUNCTION(idem_token_consume)
         if (PG_ARGISNULL(0))
             ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("token must not be NULL")));
         pg::ScopeArg scope = pg::scope_arg(fcinfo, 1, "scope");
-        TimestampTz now = GetCurrentTimestamp();
 
         connect_spi();
-        Datum values[3] = {PG_GETARG_DATUM(0), scope.datum, TimestampTzGetDatum(now)};
-        bool consumed = pg::run(consume_token, fcinfo, values, nullptr) == 1;
+        Datum values[2] = {PG_GETARG_DATUM(0), scope.datum};
+        bool consumed = false;
+        if (pg::run(consume_token, fcinfo, values, nullptr) == 1) {
+            bool never_expires;
+            TimestampTz expires_at = DatumGetTimestampTz(pg::result_value(0, 1, &never_expires));
+            consumed = never_expires || GetCurrentTimestamp() < expires_at;
+        }
         SPI_finish();
         stats::count(consumed ? stats::token_consumed : stats::token_refused, scope.scope);
         PG_RETURN_BOOL(consumed);

@@ -39,17 +39,29 @@ ScopeArg scope_arg(FunctionCallInfo fcinfo, int argno, const char* name)
     return ScopeArg{datum, checked_scope(name, &t)};
 }
 
-Expiry expiry_arg(FunctionCallInfo fcinfo, int argno, const char* name, TimestampTz now,
-                  bool null_means_never)
+Ttl ttl_arg(FunctionCallInfo fcinfo, int argno, const char* name, bool null_means_never)
 {
     if (PG_ARGISNULL(argno)) {
         if (!null_means_never)
             ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("%s must not be NULL", name)));
-        return Expiry{true, 0};
+        return Ttl{name, nullptr};
     }
     Interval* ttl = PG_GETARG_INTERVAL_P(argno);
     check_ttl(name, ttl->month, ttl->day, ttl->time);
-    Datum at = DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(now), PointerGetDatum(ttl));
+    return Ttl{name, ttl};
+}
+
+Expiry expiry_at(Ttl ttl, TimestampTz now)
+{
+    if (ttl.interval == nullptr)
+        return Expiry{true, 0};
+    Datum at = DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(now),
+                                   PointerGetDatum(ttl.interval));
+    if (DatumGetTimestampTz(at) <= now)
+        ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                        errmsg("%s must be a positive interval", ttl.name),
+                        errdetail("Added to the current time %s, it does not reach past it.",
+                                  timestamptz_to_str(now))));
     return Expiry{false, DatumGetTimestampTz(at)};
 }
 

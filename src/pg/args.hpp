@@ -26,15 +26,23 @@ ScopeArg scope_arg(FunctionCallInfo fcinfo, int argno, const char* name);
 // The same checks for a text Datum that is not an argument (an array element).
 KeyArg key_datum(Datum datum, bool isnull, const char* name);
 
-// When a claim, token or lease ends: never (ttl NULL and allowed), or
-// now + ttl, judged by the server's clock.
+// A TTL argument: NULL (never expires, where allowed) or a checked interval.
+struct Ttl {
+    const char* name;          // the argument's name, for errors
+    const Interval* interval;  // nullptr: never expires
+};
+// `null_means_never` false makes NULL an error (22004) instead.
+Ttl ttl_arg(FunctionCallInfo fcinfo, int argno, const char* name, bool null_means_never);
+
+// When a claim, token or lease made at `now` with `ttl` ends: never, or
+// now + ttl by the calendar (a month is that month's length). 22023 unless
+// that lies after `now`: an interval such as '1 month -30 days' can be
+// empty or negative in some months.
 struct Expiry {
     bool never;
     TimestampTz at;
 };
-// `null_means_never` false makes NULL an error (22004) instead.
-Expiry expiry_arg(FunctionCallInfo fcinfo, int argno, const char* name, TimestampTz now,
-                  bool null_means_never);
+Expiry expiry_at(Ttl ttl, TimestampTz now);
 
 // A key fit for an error message: quoted, and cut at 64 characters.
 const char* key_for_message(Key key);
