@@ -1,8 +1,8 @@
 // The background purge worker: one per database named in pg_idem.database,
-// registered at server start when pg_idem is preloaded. Each round is one
-// short transaction deleting at most pg_idem.purge_batch_size expired rows
-// and folding as many committed hot-stock ledger rows into their items;
-// rounds follow each other while there is more to delete, and otherwise the
+// registered at server start when pg_idem is preloaded. Each round is two
+// short transactions: one deletes at most pg_idem.purge_batch_size expired
+// rows, the other folds as many committed hot-stock ledger rows into their
+// items. Rounds follow each other while there is more to do, otherwise the
 // worker sleeps pg_idem.purge_interval. An error is logged and the worker
 // goes on after the interval; SIGTERM (shutdown) ends it between rounds.
 #include "purge.hpp"
@@ -35,11 +35,27 @@ namespace {
 // A crashed or failed worker is started again after this long.
 constexpr int restart_seconds = 10;
 
-// One round: returns how many rows it deleted or folded, or -1 after an error.
-int64 purge_round()
+// What one round does in the extension installed in `nsp`, inside SPI_connect;
+// returns how many rows it deleted or folded.
+using Task = int64 (*)(Oid nsp);
+
+int64 purge_expired(Oid nsp)
+{
+    return delete_expired(nsp, GetCurrentTimestamp(), batch_size);
+}
+
+int64 fold_ledger(Oid nsp)
+{
+    return stock::fold_committed_ledger(nsp, batch_size);
+}
+
+// One round of `task` in a transaction of its own, so that one task's error
+// does not undo the other's work. Returns how many rows it deleted or folded,
+// or -1 after an error, which is logged.
+int64 run_round(Task task, const char* activity)
 {
     MemoryContext cxt = CurrentMemoryContext;
-    volatile int64 deleted = 0;
+    volatile int64 done = 0;
     PG_TRY();
     {
         SetCurrentStatementStartTimestamp();
@@ -47,12 +63,10 @@ int64 purge_round()
         if (SPI_connect() != SPI_OK_CONNECT)
             elog(ERROR, "pg_idem: SPI_connect failed");
         PushActiveSnapshot(GetTransactionSnapshot());
-        pgstat_report_activity(STATE_RUNNING, "pg_idem purge");
+        pgstat_report_activity(STATE_RUNNING, activity);
         Oid nsp = pg::installed_namespace();
-        if (OidIsValid(nsp)) {
-            deleted = delete_expired(nsp, GetCurrentTimestamp(), batch_size);
-            deleted += stock::fold_committed_ledger(nsp, batch_size);
-        }
+        if (OidIsValid(nsp))
+            done = task(nsp);
         SPI_finish();
         PopActiveSnapshot();
         CommitTransactionCommand();
@@ -65,10 +79,10 @@ int64 purge_round()
         FlushErrorState();
         AbortCurrentTransaction();
         pgstat_report_activity(STATE_IDLE, nullptr);
-        deleted = -1;
+        done = -1;
     }
     PG_END_TRY();
-    return deleted;
+    return done;
 }
 
 }  // namespace
@@ -129,11 +143,17 @@ void idem_purge_worker_main(Datum)
     MemoryContext round_cxt = AllocSetContextCreate(TopMemoryContext, "pg_idem purge", ALLOCSET_DEFAULT_SIZES);
     for (;;) {
         MemoryContextSwitchTo(round_cxt);
-        int64 deleted = purge_round();
+        int64 purged = run_round(purge_expired, "pg_idem purge");
+        int64 folded = run_round(fold_ledger, "pg_idem fold hot-stock ledger");
         MemoryContextReset(round_cxt);
 
         // A full batch means more may be waiting: go on at once.
-        long sleep_ms = deleted >= batch_size ? 0 : interval_ms;
+        bool more = purged >= batch_size || folded >= batch_size;
+        // Hand the deletions to the statistics system, as every backend does
+        // between transactions: autovacuum finds the dead rows only there.
+        // Forced before a sleep, so nothing waits a whole interval.
+        pgstat_report_stat(!more);
+        long sleep_ms = more ? 0 : interval_ms;
         (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, sleep_ms, PG_WAIT_EXTENSION);
         ResetLatch(MyLatch);
         CHECK_FOR_INTERRUPTS();

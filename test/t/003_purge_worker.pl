@@ -1,6 +1,8 @@
 # The background purge worker: purges expired rows on its own, leaves live
-# ones, logs an error and carries on, comes back after a restart, stops
-# cleanly on shutdown, and counts what it purged.
+# ones, reports its deletions so autovacuum sees them, logs an error and
+# carries on, comes back after a restart, follows a reload of its settings,
+# serves every database in pg_idem.database (and only logs one that does
+# not exist), stops cleanly on shutdown, and counts what it purged.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -11,16 +13,22 @@ my $node = PostgreSQL::Test::Cluster->new('purge');
 $node->init;
 $node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'pg_idem'
-pg_idem.database = 'postgres'
+pg_idem.database = 'postgres, shop, nosuchdb'
 pg_idem.purge_interval = '100ms'
 pg_idem.purge_batch_size = 1000
 });
 $node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION pg_idem');
+$node->safe_psql('postgres', 'CREATE EXTENSION pg_idem; CREATE DATABASE shop');
+$node->safe_psql('shop', 'CREATE EXTENSION pg_idem');
 
-ok($node->poll_query_until('postgres',
-	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_idem purge worker'}),
-	'one purge worker runs for the database');
+ok($node->poll_query_until('postgres', q{
+	SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_idem purge worker' AND datname = 'postgres'}),
+	'a purge worker runs for the database');
+ok($node->poll_query_until('postgres', q{
+	SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_idem purge worker' AND datname = 'shop'}),
+	'and one for the second database in the list');
+ok(wait_for_log($node, qr/database "nosuchdb" does not exist/, 0),
+	'a database in the list that does not exist is reported in the log');
 ok($node->log_contains('pg_idem purge worker started for database "postgres"'), 'it says so in the log');
 
 # 5,000 claims that expire at once, 100 that live an hour, 10 forever.
@@ -35,18 +43,24 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM idem_claims WHERE key LIK
 	'0', 'no expired claim is left');
 is($node->safe_psql('postgres', q{SELECT rows_purged >= 5000 FROM idem_stats}),
 	't', 'idem_stats counts the rows it purged');
+ok($node->poll_query_until('postgres', q{
+	SELECT n_tup_del >= 5000 AND n_dead_tup >= 1 FROM pg_stat_user_tables WHERE relname = 'idem_claims'}),
+	'its deletions reach pg_stat_user_tables, where autovacuum looks for dead rows');
+$node->safe_psql('shop', q{SELECT count(idem_claim('shop-' || g, 'w', '1 millisecond')) FROM generate_series(1, 100) g});
+ok($node->poll_query_until('shop', q{SELECT count(*) = 0 FROM idem_claims}),
+	'the second database is purged by its own worker');
 
 # An error (here: a lock_timeout while a DBA holds the table) is logged and
 # the same worker carries on once the table is free.
 my $pid = $node->safe_psql('postgres',
-	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_idem purge worker'});
+	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_idem purge worker' AND datname = 'postgres'});
 $node->safe_psql('postgres', q{ALTER DATABASE postgres SET lock_timeout = '50ms'});
-$node->safe_psql('postgres', q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'pg_idem purge worker'});
+$node->safe_psql('postgres', q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'pg_idem purge worker' AND datname = 'postgres'});
 ok($node->poll_query_until('postgres',
-	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_idem purge worker'}),
+	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_idem purge worker' AND datname = 'postgres'}),
 	'a terminated worker is started again');
 $pid = $node->safe_psql('postgres',
-	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_idem purge worker'});
+	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_idem purge worker' AND datname = 'postgres'});
 $node->safe_psql('postgres', q{SELECT count(idem_claim('late-' || g, 'w', '1 millisecond')) FROM generate_series(1, 50) g});
 my $size_before_lock = -s $node->logfile;
 my ($in, $out, $err) = ('', '', '');
@@ -62,16 +76,29 @@ $h->finish;
 ok($node->poll_query_until('postgres', q{SELECT count(*) = 0 FROM idem_claims WHERE key LIKE 'late-%'}),
 	'and purges once the table is free');
 is($node->safe_psql('postgres',
-	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_idem purge worker'}),
+	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_idem purge worker' AND datname = 'postgres'}),
 	$pid, 'the same worker carried on after the error');
 $node->safe_psql('postgres', q{ALTER DATABASE postgres RESET lock_timeout});
 
 # After a restart the worker is back and the live claims are intact.
 $node->restart;
 ok($node->poll_query_until('postgres',
-	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_idem purge worker'}),
+	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_idem purge worker' AND datname = 'postgres'}),
 	'the worker is back after a restart');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM idem_claims}), '110', 'live claims survive');
+
+# A reload changes the interval of the running worker: at an hour it leaves
+# new expired rows alone, back at 100 ms it purges them.
+$node->safe_psql('postgres', q{ALTER SYSTEM SET pg_idem.purge_interval = '1h'; SELECT pg_reload_conf()});
+ok($node->poll_query_until('postgres', q{SELECT count(*) = 110 FROM idem_claims}), 'nothing left to purge');
+sleep 1;    # the worker has gone to sleep for an hour
+$node->safe_psql('postgres', q{SELECT count(idem_claim('idle-' || g, 'w', '1 millisecond')) FROM generate_series(1, 20) g});
+sleep 1;
+is($node->safe_psql('postgres', q{SELECT count(*) FROM idem_claims WHERE key LIKE 'idle-%'}), '20',
+	'with an interval of an hour, new expired rows wait');
+$node->safe_psql('postgres', q{ALTER SYSTEM RESET pg_idem.purge_interval; ALTER SYSTEM SET pg_idem.purge_interval = '100ms'; SELECT pg_reload_conf()});
+ok($node->poll_query_until('postgres', q{SELECT count(*) = 0 FROM idem_claims WHERE key LIKE 'idle-%'}),
+	'a reload wakes the worker with the new interval');
 
 # A database without the extension is left alone, without errors.
 $node->safe_psql('postgres', 'DROP EXTENSION pg_idem');
