@@ -6,6 +6,7 @@ extern "C" {
 #include "catalog/pg_class.h"
 #include "catalog/pg_index.h"
 #include "nodes/pg_list.h"
+#include "storage/lmgr.h"
 #include "parser/parse_coerce.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
@@ -84,6 +85,24 @@ Column column_of(Oid relid, const char* rel_name, Name name)
     return c;
 }
 
+// Takes the lock the UPDATE will take before anything is read from the
+// catalog, as the UPDATE's own parser does: an ALTER TABLE or DROP TABLE of
+// another session then commits before we look, never between our look and
+// the UPDATE, so the column types read afterwards are the ones the plan runs
+// with. Returns the relkind; the table may have gone while we waited.
+char lock_target(Oid relid)
+{
+    const char* name_before = get_rel_name(relid);
+    LockRelationOid(relid, RowExclusiveLock);  // also applies the invalidations that came meanwhile
+    char kind = get_rel_relkind(relid);
+    if (kind == '\0' && name_before != nullptr)
+        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE),
+                        errmsg("rel: relation \"%s\" was dropped meanwhile", name_before)));
+    if (kind == '\0')
+        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE), errmsg("rel: relation with OID %u does not exist", relid)));
+    return kind;
+}
+
 Name name_arg(FunctionCallInfo fcinfo, int argno, const char* arg_name)
 {
     if (PG_ARGISNULL(argno))
@@ -104,9 +123,7 @@ RowTarget row_target(FunctionCallInfo fcinfo, int rel_argno, int key_column_argn
     if (PG_ARGISNULL(rel_argno))
         ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("rel must not be NULL")));
     t.relid = PG_GETARG_OID(rel_argno);
-    char kind = get_rel_relkind(t.relid);
-    if (kind == '\0')
-        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE), errmsg("rel: relation with OID %u does not exist", t.relid)));
+    char kind = lock_target(t.relid);
     t.rel_name = get_rel_name(t.relid);
     if (kind != RELKIND_RELATION && kind != RELKIND_PARTITIONED_TABLE)
         ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE),

@@ -39,9 +39,11 @@ struct Column {
     const char* name;
 };
 
-// Validates rel (22004 NULL, 42P01 missing, 42809 not a table), key_column
-// (22004, 42703) and key (22004 NULL, 42804 not comparable in the column's
-// type). require_unique_key() checks the index.
+// Locks rel as the UPDATE will (RowExclusiveLock, held to the end of the
+// transaction) and only then validates rel (22004 NULL, 42P01 missing or
+// dropped while we waited, 42809 not a table), key_column (22004, 42703) and
+// key (22004 NULL, 42804 not comparable in the column's type).
+// require_unique_key() checks the index.
 RowTarget row_target(FunctionCallInfo fcinfo, int rel_argno, int key_column_argno, int key_argno);
 
 // A further column of the target's relation (22004 NULL name, 42703 missing).
