@@ -58,30 +58,30 @@ IDEM_SQL_FUNCTION(idem_transition)
         pg::CachedPlans* plans =
             pg::cached_plans(pg::PlanKey{target.relid, target.key_att, state.att, target.key_arg_type, transition_plans});
         pg::require_unique_key(target, plans);
-        if (plans->change == nullptr) {
-            // States arrive as text and are compared in the column's type
-            // (text, varchar, an enum: an unknown label is 22P02).
-            const char* state_type = format_type_be_qualified(state.declared_type);
-            Oid types[3] = {target.key_arg_type, TEXTOID, TEXTOID};
+        // States arrive as text and are compared in the column's type
+        // (text, varchar, an enum: an unknown label is 22P02).
+        const char* state_type = format_type_be_qualified(state.declared_type);
+        Oid types[3] = {target.key_arg_type, TEXTOID, TEXTOID};
+        if (plans->change == nullptr)
             plans->change = pg::prepare_kept(
                 psprintf("UPDATE %s SET %s = CAST($3 AS %s) WHERE %s AND %s = CAST($2 AS %s) RETURNING true",
                          target.rel_sql, state.sql, state_type, pg::key_condition(target), state.sql, state_type),
                 3, types);
-            plans->look = pg::prepare_kept(
-                psprintf("SELECT CAST(%s AS pg_catalog.text) FROM %s WHERE %s", state.sql, target.rel_sql,
-                         pg::key_condition(target)),
-                3, types);
-        }
+        SPIPlanPtr change = plans->change;
 
         Datum values[3] = {target.key, from, to};
         for (int round = 0; round < max_rounds; round++) {
-            int rc = SPI_execute_plan(plans->change, values, nullptr, false, 0);
+            int rc = SPI_execute_plan(change, values, nullptr, false, 0);
             if (rc != SPI_OK_UPDATE_RETURNING)
                 elog(ERROR, "pg_idem: transition UPDATE failed: %s", SPI_result_code_string(rc));
             if (SPI_processed == 1) {
                 SPI_finish();
                 PG_RETURN_BOOL(true);
             }
+            if (plans->look == nullptr)
+                plans->look = pg::prepare_kept(psprintf("SELECT CAST(%s AS pg_catalog.text) FROM %s WHERE %s",
+                                                        state.sql, target.rel_sql, pg::key_condition(target)),
+                                               3, types);
             rc = SPI_execute_plan(plans->look, values, nullptr, false, 0);
             if (rc != SPI_OK_SELECT)
                 elog(ERROR, "pg_idem: transition look-up failed: %s", SPI_result_code_string(rc));

@@ -3,11 +3,12 @@
 extern "C" {
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "access/xact.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_index.h"
 #include "nodes/pg_list.h"
-#include "storage/lmgr.h"
 #include "parser/parse_coerce.h"
+#include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
@@ -25,19 +26,80 @@ namespace {
 
 HTAB* plans = nullptr;  // PlanKey -> CachedPlans, in CacheMemoryContext
 
-// A relation changed (ALTER TABLE, DROP, a new or dropped index, VACUUM's
-// statistics): its entries must be validated and prepared again. The plans
-// may be running right now (invalidations arrive while locks are taken), so
-// they are only marked here and freed by the next cached_plans().
-void relation_changed(Datum, Oid relid)
+// Plans replaced while one of them may still be running further up the
+// stack: a trigger of the helper's own UPDATE can change the table's catalog
+// entry (GRANT, an ANALYZE, or a cache reset) and call the helper again,
+// which prepares afresh. They are freed when the top-level transaction ends,
+// when no helper can be running.
+List* retired = NIL;  // of SPIPlanPtr, in CacheMemoryContext
+bool some_entry_stale = false;  // since the last transaction end
+
+void retire(SPIPlanPtr plan)
+{
+    if (plan == nullptr)
+        return;
+    MemoryContext old = MemoryContextSwitchTo(CacheMemoryContext);
+    retired = lappend(retired, plan);
+    MemoryContextSwitchTo(old);
+}
+
+void mark_stale(Oid relid)
 {
     if (plans == nullptr)
         return;
     HASH_SEQ_STATUS scan;
     hash_seq_init(&scan, plans);
     while (auto* entry = static_cast<CachedPlans*>(hash_seq_search(&scan)))
-        if (relid == InvalidOid || entry->key.relid == relid)
+        if (relid == InvalidOid || entry->key.relid == relid) {
             entry->stale = true;
+            some_entry_stale = true;
+        }
+}
+
+// A relation changed (ALTER TABLE, DROP, a new or dropped index or rule,
+// GRANT, VACUUM's statistics), or all did (InvalidOid: a cache reset): its
+// entries must be validated and prepared again. The plans may be running
+// right now (invalidations arrive while locks are taken), so they are only
+// marked here.
+void relation_changed(Datum, Oid relid)
+{
+    mark_stale(relid);
+}
+
+// A schema was renamed or dropped: the plans' SQL names its tables by
+// schema, and PostgreSQL re-parses that SQL when it replans.
+void schema_changed(Datum, int, uint32)
+{
+    mark_stale(InvalidOid);
+}
+
+// At the end of a top-level transaction no helper is running: free the
+// retired plans, and drop the stale entries with theirs, so that a dropped
+// table leaves nothing behind (a stale entry of a live table is simply
+// prepared again on its next use).
+void at_transaction_end(XactEvent event, void*)
+{
+    if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_ABORT && event != XACT_EVENT_PREPARE)
+        return;
+    ListCell* cell;
+    foreach (cell, retired)
+        SPI_freeplan(static_cast<SPIPlanPtr>(lfirst(cell)));
+    list_free(retired);
+    retired = NIL;
+    if (!some_entry_stale)
+        return;
+    HASH_SEQ_STATUS scan;
+    hash_seq_init(&scan, plans);
+    while (auto* entry = static_cast<CachedPlans*>(hash_seq_search(&scan))) {
+        if (!entry->stale)
+            continue;
+        if (entry->change != nullptr)
+            SPI_freeplan(entry->change);
+        if (entry->look != nullptr)
+            SPI_freeplan(entry->look);
+        hash_search(plans, &entry->key, HASH_REMOVE, nullptr);  // allowed for the current entry of a scan
+    }
+    some_entry_stale = false;
 }
 
 bool has_unique_index_on(Oid relid, AttrNumber att)
@@ -115,6 +177,8 @@ Name name_arg(FunctionCallInfo fcinfo, int argno, const char* arg_name)
 void row_target_init()
 {
     CacheRegisterRelcacheCallback(relation_changed, 0);
+    CacheRegisterSyscacheCallback(NAMESPACEOID, schema_changed, 0);
+    RegisterXactCallback(at_transaction_end, nullptr);
 }
 
 RowTarget row_target(FunctionCallInfo fcinfo, int rel_argno, int key_column_argno, int key_argno)
@@ -181,10 +245,8 @@ CachedPlans* cached_plans(const PlanKey& key)
     bool found;
     auto* entry = static_cast<CachedPlans*>(hash_search(plans, &key, HASH_ENTER, &found));
     if (found && entry->stale) {
-        if (entry->change != nullptr)
-            SPI_freeplan(entry->change);
-        if (entry->look != nullptr)
-            SPI_freeplan(entry->look);
+        retire(entry->change);
+        retire(entry->look);
     }
     if (!found || entry->stale) {
         entry->change = nullptr;
@@ -215,6 +277,7 @@ SPIPlanPtr prepare_kept(const char* sql, int nargs, Oid* argtypes)
         elog(ERROR, "pg_idem: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
     if (SPI_keepplan(plan) != 0)
         elog(ERROR, "pg_idem: SPI_keepplan failed");
+    elog(DEBUG1, "pg_idem: prepared %s", sql);
     return plan;
 }
 

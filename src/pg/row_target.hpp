@@ -56,8 +56,16 @@ const char* key_condition(const RowTarget& target);
 const char* key_for_message(const RowTarget& target);
 
 // Per-backend plans for helper statements, keyed by what shapes them (the
-// relation, columns and types); dropped when the relation changes (ALTER
-// TABLE, DROP, a new index), so the next call validates and prepares afresh.
+// relation, columns and types). When the relation changes (ALTER TABLE,
+// DROP, a new index, a renamed schema) the entry goes stale: its next use
+// validates and prepares afresh. A plan is freed only when the top-level
+// transaction ends, since a helper's UPDATE may be running it further up the
+// stack; a dropped table's entry goes then too.
+//
+// Each plan slot is filled only with a complete, kept plan and is prepared
+// when first needed: an error (a cancel) while preparing leaves it NULL,
+// never half an entry, and the look-up is prepared only by a call that
+// needs it.
 struct PlanKey {
     Oid relid;
     AttrNumber key_att;
@@ -67,19 +75,20 @@ struct PlanKey {
 };
 struct CachedPlans {
     PlanKey key;
-    SPIPlanPtr change;  // the one-statement UPDATE ... RETURNING
-    SPIPlanPtr look;    // what the row holds when the UPDATE changed nothing
+    SPIPlanPtr change;  // the one-statement UPDATE ... RETURNING; NULL until prepared
+    SPIPlanPtr look;    // what the row holds when the UPDATE changed nothing; NULL until needed
     bool unique_key_checked;
     bool stale;         // the relation changed since
 };
 
 void row_target_init();
-// The cached plans for `key`, or an entry with both plans NULL to fill.
+// The cached plans for `key`, or an entry with both plans NULL to fill. A
+// caller copies the plans it runs: a nested call may replace them meanwhile.
 CachedPlans* cached_plans(const PlanKey& key);
 // 42P10 unless the key column carries a unique index or primary key on
 // exactly that column (checked once per cached entry).
 void require_unique_key(const RowTarget& target, CachedPlans* plans);
-// SPI_prepare + SPI_keepplan, with the caller's search path.
+// SPI_prepare + SPI_keepplan, with the caller's search path (DEBUG1 says so).
 SPIPlanPtr prepare_kept(const char* sql, int nargs, Oid* argtypes);
 
 }  // namespace idem::pg
