@@ -32,6 +32,18 @@ SELECT idem_decrement('wallet', 'id', 'a'::text, 'plain', 0.0001);
 CREATE TABLE stock_by_name (sku varchar(20) PRIMARY KEY, amount bigint);
 INSERT INTO stock_by_name VALUES ('42', 3);
 SELECT idem_decrement('stock_by_name', 'sku', 42, 'amount', 1) AS int_key_for_varchar_column;
+-- The key is cast to the column's type without its length: a char(4) key
+-- 'AB12' is never cut to 'A' (another row), and bit(4) keys are found.
+CREATE TABLE stock_by_code (code char(4) PRIMARY KEY, amount int);
+INSERT INTO stock_by_code VALUES ('A', 10), ('AB12', 10);
+SELECT idem_decrement('stock_by_code', 'code', 'AB12'::text, 'amount', 1) AS ab12;
+SELECT idem_decrement('stock_by_code', 'code', 'A'::text, 'amount', 2) AS a;
+SELECT pg_temp.error_of($$SELECT idem_decrement('stock_by_code', 'code', 'AB123'::text, 'amount', 1)$$) AS longer_than_the_column;
+SELECT code, amount FROM stock_by_code ORDER BY code;
+CREATE TABLE stock_by_bits (bits bit(4) PRIMARY KEY, amount int);
+INSERT INTO stock_by_bits VALUES (B'1010', 3), (B'1000', 3);
+SELECT idem_decrement('stock_by_bits', 'bits', B'1010', 'amount', 1) AS bit4;
+SELECT bits, amount FROM stock_by_bits ORDER BY bits;
 CREATE TABLE stock_big (sku bigint PRIMARY KEY, amount int);
 INSERT INTO stock_big VALUES (7, 3);
 SELECT idem_decrement('stock_big', 'sku', 7, 'amount', 1) AS int_key_for_bigint_column;
@@ -123,7 +135,7 @@ UPDATE stock SET amount = amount - 1 WHERE sku = 7;
 RESET ROLE;
 SELECT sku, amount FROM stock WHERE sku IN (7, 42) ORDER BY sku;
 
-DROP TABLE stock, wallet, stock_by_name, stock_big, stock_log, two_col_key, partial_key, expr_key, texty, "Odd ""Table""" CASCADE;
+DROP TABLE stock, wallet, stock_by_name, stock_by_code, stock_by_bits, stock_big, stock_log, two_col_key, partial_key, expr_key, texty, "Odd ""Table""" CASCADE;
 DROP SEQUENCE stock_seq;
 DROP FUNCTION log_stock();
 DROP ROLE idem_decrement_reader, idem_decrement_clerk;

@@ -33,6 +33,12 @@ SELECT pg_temp.error_of($$SELECT idem_transition('typed_orders', 'code', 'A-1'::
 CREATE TABLE tickets (id bigint PRIMARY KEY, status varchar(10));
 INSERT INTO tickets VALUES (1, 'open');
 SELECT idem_transition('tickets', 'id', 1, 'status', 'open', 'closed');
+-- char(n) states are compared and stored whole, never cut to char(1).
+CREATE TABLE padded (id int PRIMARY KEY, state char(10) NOT NULL);
+INSERT INTO padded VALUES (1, 'new'), (2, 'n');
+SELECT idem_transition('padded', 'id', 1, 'state', 'new', 'paid');
+SELECT pg_temp.error_of($$SELECT idem_transition('padded', 'id', 2, 'state', 'new', 'paid')$$) AS n_is_not_new;
+SELECT id, state FROM padded ORDER BY id;
 -- A NULL state is no state: IK003.
 INSERT INTO tickets VALUES (2, NULL);
 SELECT pg_temp.error_of($$SELECT idem_transition('tickets', 'id', 2, 'status', 'open', 'closed')$$);
@@ -55,5 +61,5 @@ SELECT sql, pg_temp.error_of(sql) FROM unnest(ARRAY[
     $$SELECT idem_transition('orders', 'id', 'x'::text, 'state', 'a', 'b')$$
 ]) AS sql;
 
-DROP TABLE orders, typed_orders, tickets, no_key;
+DROP TABLE orders, typed_orders, tickets, padded, no_key;
 DROP TYPE order_state;

@@ -113,7 +113,7 @@ IDEM_SQL_FUNCTION(idem_decrement)
         if (SPI_connect() != SPI_OK_CONNECT)
             elog(ERROR, "pg_idem: SPI_connect failed");
         pg::CachedPlans* plans =
-            pg::cached_plans(pg::PlanKey{target.relid, target.key_att, amount.att, target.key_arg_type, decrement_plans});
+            pg::cached_plans(pg::PlanKey{target.relid, target.key_column.att, amount.att, target.key_arg_type, decrement_plans});
         pg::require_unique_key(target, plans);
         Oid types[2] = {target.key_arg_type, amount.type};
         if (plans->change == nullptr)
@@ -147,7 +147,7 @@ IDEM_SQL_FUNCTION(idem_decrement)
                 elog(ERROR, "pg_idem: decrement look-up failed: %s", SPI_result_code_string(rc));
             if (SPI_processed == 0)
                 ereport(ERROR, (errcode(ERRCODE_NO_DATA_FOUND),
-                                errmsg("no row of \"%s\" has %s = %s", target.rel_name, target.key_name,
+                                errmsg("no row of \"%s\" has %s = %s", target.rel_name, target.key_column.name,
                                        pg::key_for_message(target))));
             bool isnull;
             bool enough = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));

@@ -56,11 +56,12 @@ IDEM_SQL_FUNCTION(idem_transition)
         if (SPI_connect() != SPI_OK_CONNECT)
             elog(ERROR, "pg_idem: SPI_connect failed");
         pg::CachedPlans* plans =
-            pg::cached_plans(pg::PlanKey{target.relid, target.key_att, state.att, target.key_arg_type, transition_plans});
+            pg::cached_plans(pg::PlanKey{target.relid, target.key_column.att, state.att, target.key_arg_type, transition_plans});
         pg::require_unique_key(target, plans);
-        // States arrive as text and are compared in the column's type
-        // (text, varchar, an enum: an unknown label is 22P02).
-        const char* state_type = format_type_be_qualified(state.declared_type);
+        // States arrive as text and are compared in the column's base type,
+        // without its length (text, char(n), an enum: an unknown label is
+        // 22P02); storing one checks the column's length and domain.
+        const char* state_type = pg::type_sql(state.type);
         Oid types[3] = {target.key_arg_type, TEXTOID, TEXTOID};
         if (plans->change == nullptr)
             plans->change = pg::prepare_kept(
@@ -87,7 +88,7 @@ IDEM_SQL_FUNCTION(idem_transition)
                 elog(ERROR, "pg_idem: transition look-up failed: %s", SPI_result_code_string(rc));
             if (SPI_processed == 0)
                 ereport(ERROR, (errcode(ERRCODE_NO_DATA_FOUND),
-                                errmsg("no row of \"%s\" has %s = %s", target.rel_name, target.key_name,
+                                errmsg("no row of \"%s\" has %s = %s", target.rel_name, target.key_column.name,
                                        pg::key_for_message(target))));
             bool isnull;
             Datum current = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -98,7 +99,7 @@ IDEM_SQL_FUNCTION(idem_transition)
             if (isnull || !same_state(current, from))
                 ereport(ERROR, (errcode(IDEM_ERRCODE_WRONG_STATE),
                                 errmsg("row of \"%s\" with %s = %s is in state %s, not %s", target.rel_name,
-                                       target.key_name, pg::key_for_message(target),
+                                       target.key_column.name, pg::key_for_message(target),
                                        isnull ? "NULL" : quote_literal_cstr(TextDatumGetCString(current)),
                                        quote_literal_cstr(TextDatumGetCString(from))),
                                 errhint("A transition to \"%s\" starts from \"%s\".", TextDatumGetCString(to),

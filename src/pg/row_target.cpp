@@ -195,21 +195,20 @@ RowTarget row_target(FunctionCallInfo fcinfo, int rel_argno, int key_column_argn
                         errhint("Pass a table or a partitioned table.")));
     t.rel_sql = quote_qualified_identifier(get_namespace_name(get_rel_namespace(t.relid)), t.rel_name);
 
-    Column key_column = column_of(t.relid, t.rel_name, name_arg(fcinfo, key_column_argno, "key_column"));
-    t.key_att = key_column.att;
-    t.key_type = key_column.declared_type;
-    t.key_sql = key_column.sql;
-    t.key_name = key_column.name;
+    t.key_column = column_of(t.relid, t.rel_name, name_arg(fcinfo, key_column_argno, "key_column"));
+    const Column& key_column = t.key_column;
 
     if (PG_ARGISNULL(key_argno))
         ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("key must not be NULL")));
     t.key = PG_GETARG_DATUM(key_argno);
     t.key_arg_type = get_fn_expr_argtype(fcinfo->flinfo, key_argno);
-    if (t.key_arg_type != t.key_type && !can_coerce_type(1, &t.key_arg_type, &t.key_type, COERCION_ASSIGNMENT))
+    if (t.key_arg_type != key_column.declared_type &&
+        !can_coerce_type(1, &t.key_arg_type, &key_column.declared_type, COERCION_ASSIGNMENT))
         ereport(ERROR, (errcode(ERRCODE_DATATYPE_MISMATCH),
                         errmsg("key of type %s cannot be compared with column \"%s\" of type %s",
-                               format_type_be(t.key_arg_type), t.key_name, format_type_be(t.key_type)),
-                        errhint("Pass the key as a %s.", format_type_be(t.key_type))));
+                               format_type_be(t.key_arg_type), key_column.name,
+                               format_type_be(key_column.declared_type)),
+                        errhint("Pass the key as a %s.", format_type_be(key_column.declared_type))));
     return t;
 }
 
@@ -220,7 +219,13 @@ Column target_column(const RowTarget& target, FunctionCallInfo fcinfo, int argno
 
 const char* key_condition(const RowTarget& t)
 {
-    return psprintf("%s = CAST($1 AS %s)", t.key_sql, format_type_be_qualified(t.key_type));
+    return psprintf("%s = CAST($1 AS %s)", t.key_column.sql, type_sql(t.key_column.type));
+}
+
+const char* type_sql(Oid type)
+{
+    // "Typmod given, and it is -1" is how format_type asks for the bare name.
+    return format_type_extended(type, -1, FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY);
 }
 
 const char* key_for_message(const RowTarget& t)
@@ -261,12 +266,12 @@ void require_unique_key(const RowTarget& t, CachedPlans* plans)
 {
     if (plans->unique_key_checked)
         return;
-    if (!has_unique_index_on(t.relid, t.key_att))
+    if (!has_unique_index_on(t.relid, t.key_column.att))
         ereport(ERROR, (errcode(ERRCODE_INVALID_COLUMN_REFERENCE),
                         errmsg("key_column \"%s\" of \"%s\" has no unique index or primary key of its own",
-                               t.key_name, t.rel_name),
+                               t.key_column.name, t.rel_name),
                         errhint("The key must address exactly one row: CREATE UNIQUE INDEX ON %s (%s).",
-                                t.rel_sql, t.key_sql)));
+                                t.rel_sql, t.key_column.sql)));
     plans->unique_key_checked = true;
 }
 

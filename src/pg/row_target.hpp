@@ -17,18 +17,6 @@ extern "C" {
 
 namespace idem::pg {
 
-struct RowTarget {
-    Oid relid;
-    const char* rel_sql;       // quoted schema.name
-    const char* rel_name;      // for messages
-    AttrNumber key_att;
-    Oid key_type;              // the key column's type
-    const char* key_sql;       // quoted column name
-    const char* key_name;
-    Oid key_arg_type;          // the type the caller passed the key as
-    Datum key;
-};
-
 // A column of the target's relation: its number, base type and typmod.
 struct Column {
     AttrNumber att;
@@ -37,6 +25,15 @@ struct Column {
     int32 typmod;
     const char* sql;   // quoted
     const char* name;
+};
+
+struct RowTarget {
+    Oid relid;
+    const char* rel_sql;       // quoted schema.name
+    const char* rel_name;      // for messages
+    Column key_column;
+    Oid key_arg_type;          // the type the caller passed the key as
+    Datum key;
 };
 
 // Locks rel as the UPDATE will (RowExclusiveLock, held to the end of the
@@ -49,8 +46,13 @@ RowTarget row_target(FunctionCallInfo fcinfo, int rel_argno, int key_column_argn
 // A further column of the target's relation (22004 NULL name, 42703 missing).
 Column target_column(const RowTarget& target, FunctionCallInfo fcinfo, int argno, const char* arg_name);
 
-// "WHERE <key> = CAST($1 AS <key type>)": the key compared in the column's type.
+// "<key> = CAST($1 AS <key type>)": the key compared in the column's type.
 const char* key_condition(const RowTarget& target);
+
+// `type` as SQL names it without a typmod, schema-qualified: pg_catalog.bpchar
+// and pg_catalog."bit", never `character` or `bit`, which SQL reads as
+// char(1) and bit(1) and which would cut a value to one character.
+const char* type_sql(Oid type);
 
 // The key as a message shows it.
 const char* key_for_message(const RowTarget& target);
