@@ -48,6 +48,41 @@ CREATE TABLE stock_big (sku bigint PRIMARY KEY, amount int);
 INSERT INTO stock_big VALUES (7, 3);
 SELECT idem_decrement('stock_big', 'sku', 7, 'amount', 1) AS int_key_for_bigint_column;
 
+-- The key converts to the column's type only where nothing is lost, so it
+-- addresses the row plain SQL's WHERE key_column = key would, or none:
+-- integers between integer types (a narrowing overflows: 22003) and into
+-- text, strings parsed by the column type (bad input: 22P02), implicit
+-- casts (date to timestamp). Rounding or cutting the key is 42804: plain
+-- SQL's WHERE sku = 1.6 finds no row, it must never decrement sku 2.
+CREATE TABLE stock_exact (sku int PRIMARY KEY, amount int);
+INSERT INTO stock_exact VALUES (2, 10), (42, 10);
+CREATE TABLE stock_by_day (day date PRIMARY KEY, amount int);
+INSERT INTO stock_by_day VALUES ('2020-01-01', 10);
+CREATE TABLE stock_by_time (at timestamp PRIMARY KEY, amount int);
+INSERT INTO stock_by_time VALUES ('2020-01-01 00:00', 10);
+CREATE TABLE stock_by_decimal (sku numeric(5, 0) PRIMARY KEY, amount int);
+INSERT INTO stock_by_decimal VALUES (2, 10);
+CREATE TABLE stock_by_float (sku float8 PRIMARY KEY, amount int);
+INSERT INTO stock_by_float VALUES (2, 10);
+SELECT idem_decrement('stock_exact', 'sku', 2::bigint, 'amount', 1) AS bigint_key;
+SELECT idem_decrement('stock_exact', 'sku', 2::smallint, 'amount', 1) AS smallint_key;
+SELECT idem_decrement('stock_exact', 'sku', '42'::text, 'amount', 1) AS text_key;
+SELECT idem_decrement('stock_exact', 'sku', '42'::varchar, 'amount', 1) AS varchar_key;
+SELECT idem_decrement('stock_by_time', 'at', '2020-01-01'::date, 'amount', 1) AS date_key_for_timestamp;
+SELECT idem_decrement('stock_by_decimal', 'sku', 2, 'amount', 1) AS int_key_for_numeric;
+SELECT sql, pg_temp.error_of(sql) FROM unnest(ARRAY[
+    $$SELECT idem_decrement('stock_exact', 'sku', 1.6, 'amount', 1)$$,
+    $$SELECT idem_decrement('stock_exact', 'sku', 2.4::float8, 'amount', 1)$$,
+    $$SELECT idem_decrement('stock_exact', 'sku', 5000000000, 'amount', 1)$$,
+    $$SELECT idem_decrement('stock_exact', 'sku', '1.6'::text, 'amount', 1)$$,
+    $$SELECT idem_decrement('stock_by_day', 'day', '2020-01-01 23:59'::timestamp, 'amount', 1)$$,
+    $$SELECT idem_decrement('stock_by_decimal', 'sku', 1.6, 'amount', 1)$$,
+    $$SELECT idem_decrement('stock_by_float', 'sku', 2, 'amount', 1)$$,
+    $$SELECT idem_decrement('stock_by_float', 'sku', 2::numeric, 'amount', 1)$$
+]) AS sql;
+SELECT (SELECT array_agg(amount ORDER BY sku) FROM stock_exact) AS exact, (SELECT amount FROM stock_by_day) AS by_day,
+       (SELECT amount FROM stock_by_decimal) AS by_decimal, (SELECT amount FROM stock_by_float) AS by_float;
+
 -- Triggers fire, as with plain SQL.
 CREATE TABLE stock_log (sku int, old_amount int, new_amount int);
 CREATE FUNCTION log_stock() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -135,7 +170,8 @@ UPDATE stock SET amount = amount - 1 WHERE sku = 7;
 RESET ROLE;
 SELECT sku, amount FROM stock WHERE sku IN (7, 42) ORDER BY sku;
 
-DROP TABLE stock, wallet, stock_by_name, stock_by_code, stock_by_bits, stock_big, stock_log, two_col_key, partial_key, expr_key, texty, "Odd ""Table""" CASCADE;
+DROP TABLE stock, wallet, stock_by_name, stock_by_code, stock_by_bits, stock_big, stock_exact, stock_by_day,
+    stock_by_time, stock_by_decimal, stock_by_float, stock_log, two_col_key, partial_key, expr_key, texty, "Odd ""Table""" CASCADE;
 DROP SEQUENCE stock_seq;
 DROP FUNCTION log_stock();
 DROP ROLE idem_decrement_reader, idem_decrement_clerk;

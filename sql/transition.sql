@@ -58,7 +58,8 @@ SELECT sql, pg_temp.error_of(sql) FROM unnest(ARRAY[
     $$SELECT idem_transition('no_key', 'id', 1, 'state', 'a', 'b')$$,
     $$SELECT idem_transition('pg_class', 'oid', 1, 'relname', 'a', 'b')$$,
     $$SELECT idem_transition('orders_pkey', 'id', 1, 'state', 'a', 'b')$$,
-    $$SELECT idem_transition('orders', 'id', 'x'::text, 'state', 'a', 'b')$$
+    $$SELECT idem_transition('orders', 'id', 'x'::text, 'state', 'a', 'b')$$,
+    $$SELECT idem_transition('orders', 'id', 1.5, 'state', 'created', 'paid')$$
 ]) AS sql;
 
 DROP TABLE orders, typed_orders, tickets, padded, no_key;

@@ -6,6 +6,7 @@ extern "C" {
 #include "access/xact.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_index.h"
+#include "catalog/pg_type.h"
 #include "nodes/pg_list.h"
 #include "parser/parse_coerce.h"
 #include "storage/lmgr.h"
@@ -147,6 +148,42 @@ Column column_of(Oid relid, const char* rel_name, Name name)
     return c;
 }
 
+bool is_integer_type(Oid type)
+{
+    return type == INT2OID || type == INT4OID || type == INT8OID;
+}
+
+bool is_float_type(Oid type)
+{
+    return type == FLOAT4OID || type == FLOAT8OID;
+}
+
+// Whether a key of type `from` converts to the key column's type `to`
+// without losing anything, so that it addresses the row plain SQL's
+// `WHERE key_column = key` would, or none -- never another one (SPEC: "key
+// is compared in the key column's type (not convertible -> 42804)"):
+// * the same type, or a binary-coercible one (varchar for a text column);
+// * a string, which the column type's own input parses (bad input: 22P02);
+// * an integer for an integer column (a narrowing overflows: 22003) or for
+//   a string column (its digits);
+// * an implicit cast (integer to numeric, date to timestamp): PostgreSQL
+//   keeps those for conversions that lose nothing -- except into floating
+//   point, which rounds large integers and decimals.
+// Refused: numeric or float into an integer (1.6 would address 2),
+// timestamp into date, and whatever else converts only by assignment.
+bool key_converts_exactly(Oid from, Oid to)
+{
+    if (from == to || IsBinaryCoercible(from, to))
+        return true;
+    if (TypeCategory(from) == TYPCATEGORY_STRING)
+        return true;
+    if (is_float_type(to))
+        return is_float_type(from);
+    if (is_integer_type(from) && (is_integer_type(to) || TypeCategory(to) == TYPCATEGORY_STRING))
+        return true;
+    return can_coerce_type(1, &from, &to, COERCION_IMPLICIT);
+}
+
 // Takes the lock the UPDATE will take before anything is read from the
 // catalog, as the UPDATE's own parser does: an ALTER TABLE or DROP TABLE of
 // another session then commits before we look, never between our look and
@@ -202,13 +239,19 @@ RowTarget row_target(FunctionCallInfo fcinfo, int rel_argno, int key_column_argn
         ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("key must not be NULL")));
     t.key = PG_GETARG_DATUM(key_argno);
     t.key_arg_type = get_fn_expr_argtype(fcinfo->flinfo, key_argno);
-    if (t.key_arg_type != key_column.declared_type &&
-        !can_coerce_type(1, &t.key_arg_type, &key_column.declared_type, COERCION_ASSIGNMENT))
+    Oid key_type = getBaseType(t.key_arg_type);
+    if (!key_converts_exactly(key_type, key_column.type)) {
+        bool by_rounding = can_coerce_type(1, &key_type, &key_column.type, COERCION_ASSIGNMENT);
         ereport(ERROR, (errcode(ERRCODE_DATATYPE_MISMATCH),
                         errmsg("key of type %s cannot be compared with column \"%s\" of type %s",
                                format_type_be(t.key_arg_type), key_column.name,
                                format_type_be(key_column.declared_type)),
-                        errhint("Pass the key as a %s.", format_type_be(key_column.declared_type))));
+                        by_rounding ? errdetail("Converting %s to %s can round or cut the key, which would "
+                                                "address another row.",
+                                                format_type_be(key_type), format_type_be(key_column.type))
+                                    : 0,
+                        errhint("Pass the key as %s.", format_type_be(key_column.declared_type))));
+    }
     return t;
 }
 
