@@ -83,6 +83,33 @@ SELECT sql, pg_temp.error_of(sql) FROM unnest(ARRAY[
 SELECT (SELECT array_agg(amount ORDER BY sku) FROM stock_exact) AS exact, (SELECT amount FROM stock_by_day) AS by_day,
        (SELECT amount FROM stock_by_decimal) AS by_decimal, (SELECT amount FROM stock_by_float) AS by_float;
 
+-- The key addresses one row. A plain table's unique index does not reach
+-- its inheritance children, so the helper addresses the table ONLY (the
+-- parent and a child both holding sku 1 were both decremented, and the
+-- call still answered NULL); a partitioned table's unique index covers
+-- every partition. A DEFERRABLE unique index lets two rows share a key
+-- until commit: 42P10 (so does a partial one, below).
+CREATE TABLE stock_parent (sku int PRIMARY KEY, amount int NOT NULL);
+CREATE TABLE stock_child () INHERITS (stock_parent);
+INSERT INTO stock_parent VALUES (1, 5);
+INSERT INTO stock_child VALUES (1, 5), (2, 5);
+SELECT idem_decrement('stock_parent', 'sku', 1, 'amount', 2) AS parent_only;
+SELECT pg_temp.error_of($$SELECT idem_decrement('stock_parent', 'sku', 2, 'amount', 1)$$) AS child_row;
+SELECT tableoid::regclass, sku, amount FROM stock_parent ORDER BY 1, 2;
+CREATE TABLE stock_parted (sku int PRIMARY KEY, amount int NOT NULL) PARTITION BY RANGE (sku);
+CREATE TABLE stock_parted_low PARTITION OF stock_parted FOR VALUES FROM (0) TO (100);
+CREATE TABLE stock_parted_high PARTITION OF stock_parted FOR VALUES FROM (100) TO (200);
+INSERT INTO stock_parted VALUES (1, 5), (150, 5);
+SELECT idem_decrement('stock_parted', 'sku', 150, 'amount', 2) AS partitioned;
+SELECT idem_decrement('stock_parted', 'sku', 1, 'amount', 9) IS NULL AS short;
+SELECT pg_temp.error_of($$SELECT idem_decrement('stock_parted', 'sku', 99, 'amount', 1)$$) AS no_row;
+CREATE TABLE stock_deferrable (sku int UNIQUE DEFERRABLE INITIALLY DEFERRED, amount int);
+INSERT INTO stock_deferrable VALUES (1, 5), (2, 5);
+BEGIN;
+UPDATE stock_deferrable SET sku = 1 WHERE sku = 2;
+SELECT idem_decrement('stock_deferrable', 'sku', 1, 'amount', 2) AS deferrable_key;
+ROLLBACK;
+
 -- Triggers fire, as with plain SQL.
 CREATE TABLE stock_log (sku int, old_amount int, new_amount int);
 CREATE FUNCTION log_stock() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -171,7 +198,7 @@ RESET ROLE;
 SELECT sku, amount FROM stock WHERE sku IN (7, 42) ORDER BY sku;
 
 DROP TABLE stock, wallet, stock_by_name, stock_by_code, stock_by_bits, stock_big, stock_exact, stock_by_day,
-    stock_by_time, stock_by_decimal, stock_by_float, stock_log, two_col_key, partial_key, expr_key, texty, "Odd ""Table""" CASCADE;
+    stock_by_time, stock_by_decimal, stock_by_float, stock_parent, stock_child, stock_parted, stock_deferrable, stock_log, two_col_key, partial_key, expr_key, texty, "Odd ""Table""" CASCADE;
 DROP SEQUENCE stock_seq;
 DROP FUNCTION log_stock();
 DROP ROLE idem_decrement_reader, idem_decrement_clerk;

@@ -39,6 +39,13 @@ INSERT INTO padded VALUES (1, 'new'), (2, 'n');
 SELECT idem_transition('padded', 'id', 1, 'state', 'new', 'paid');
 SELECT pg_temp.error_of($$SELECT idem_transition('padded', 'id', 2, 'state', 'new', 'paid')$$) AS n_is_not_new;
 SELECT id, state FROM padded ORDER BY id;
+-- Inheritance children are not addressed: only the table's own row moves.
+CREATE TABLE parent_orders (id int PRIMARY KEY, state text NOT NULL);
+CREATE TABLE child_orders () INHERITS (parent_orders);
+INSERT INTO parent_orders VALUES (1, 'created');
+INSERT INTO child_orders VALUES (1, 'created');
+SELECT idem_transition('parent_orders', 'id', 1, 'state', 'created', 'paid');
+SELECT tableoid::regclass, id, state FROM parent_orders ORDER BY 1;
 -- A NULL state is no state: IK003.
 INSERT INTO tickets VALUES (2, NULL);
 SELECT pg_temp.error_of($$SELECT idem_transition('tickets', 'id', 2, 'status', 'open', 'closed')$$);
@@ -62,5 +69,5 @@ SELECT sql, pg_temp.error_of(sql) FROM unnest(ARRAY[
     $$SELECT idem_transition('orders', 'id', 1.5, 'state', 'created', 'paid')$$
 ]) AS sql;
 
-DROP TABLE orders, typed_orders, tickets, padded, no_key;
+DROP TABLE orders, typed_orders, tickets, padded, parent_orders, child_orders, no_key;
 DROP TYPE order_state;

@@ -118,17 +118,14 @@ IDEM_SQL_FUNCTION(idem_decrement)
         Oid types[2] = {target.key_arg_type, amount.type};
         if (plans->change == nullptr)
             plans->change = pg::prepare_kept(
-                psprintf("UPDATE %s SET %s = %s - $2 WHERE %s AND %s >= $2 RETURNING %s", target.rel_sql,
+                psprintf("UPDATE %s SET %s = %s - $2 WHERE %s AND %s >= $2 RETURNING %s", target.target_sql,
                          amount.sql, amount.sql, pg::key_condition(target), amount.sql, amount.sql),
                 2, types);
         SPIPlanPtr change = plans->change;
 
         Datum values[2] = {target.key, by};
         for (int round = 0; round < max_rounds; round++) {
-            int rc = SPI_execute_plan(change, values, nullptr, false, 0);
-            if (rc != SPI_OK_UPDATE_RETURNING)
-                elog(ERROR, "pg_idem: decrement UPDATE failed: %s", SPI_result_code_string(rc));
-            if (SPI_processed == 1) {
+            if (pg::run_change(target, change, values) == 1) {
                 bool isnull;
                 Datum left = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
                 Datum result = SPI_datumTransfer(as_numeric(left, amount.type), false, -1);
@@ -140,9 +137,9 @@ IDEM_SQL_FUNCTION(idem_decrement)
             // may not see through row-level security, as with plain SQL).
             if (plans->look == nullptr)
                 plans->look = pg::prepare_kept(psprintf("SELECT %s >= $2 FROM %s WHERE %s", amount.sql,
-                                                        target.rel_sql, pg::key_condition(target)),
+                                                        target.target_sql, pg::key_condition(target)),
                                                2, types);
-            rc = SPI_execute_plan(plans->look, values, nullptr, false, 0);
+            int rc = SPI_execute_plan(plans->look, values, nullptr, false, 0);
             if (rc != SPI_OK_SELECT)
                 elog(ERROR, "pg_idem: decrement look-up failed: %s", SPI_result_code_string(rc));
             if (SPI_processed == 0)

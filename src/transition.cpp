@@ -66,24 +66,21 @@ IDEM_SQL_FUNCTION(idem_transition)
         if (plans->change == nullptr)
             plans->change = pg::prepare_kept(
                 psprintf("UPDATE %s SET %s = CAST($3 AS %s) WHERE %s AND %s = CAST($2 AS %s) RETURNING true",
-                         target.rel_sql, state.sql, state_type, pg::key_condition(target), state.sql, state_type),
+                         target.target_sql, state.sql, state_type, pg::key_condition(target), state.sql, state_type),
                 3, types);
         SPIPlanPtr change = plans->change;
 
         Datum values[3] = {target.key, from, to};
         for (int round = 0; round < max_rounds; round++) {
-            int rc = SPI_execute_plan(change, values, nullptr, false, 0);
-            if (rc != SPI_OK_UPDATE_RETURNING)
-                elog(ERROR, "pg_idem: transition UPDATE failed: %s", SPI_result_code_string(rc));
-            if (SPI_processed == 1) {
+            if (pg::run_change(target, change, values) == 1) {
                 SPI_finish();
                 PG_RETURN_BOOL(true);
             }
             if (plans->look == nullptr)
                 plans->look = pg::prepare_kept(psprintf("SELECT CAST(%s AS pg_catalog.text) FROM %s WHERE %s",
-                                                        state.sql, target.rel_sql, pg::key_condition(target)),
+                                                        state.sql, target.target_sql, pg::key_condition(target)),
                                                3, types);
-            rc = SPI_execute_plan(plans->look, values, nullptr, false, 0);
+            int rc = SPI_execute_plan(plans->look, values, nullptr, false, 0);
             if (rc != SPI_OK_SELECT)
                 elog(ERROR, "pg_idem: transition look-up failed: %s", SPI_result_code_string(rc));
             if (SPI_processed == 0)

@@ -105,7 +105,7 @@ void at_transaction_end(XactEvent event, void*)
 
 bool has_unique_index_on(Oid relid, AttrNumber att)
 {
-    Relation rel = table_open(relid, AccessShareLock);
+    Relation rel = table_open(relid, NoLock);  // locked by row_target()
     List* indexes = RelationGetIndexList(rel);
     bool found = false;
     ListCell* cell;
@@ -114,9 +114,9 @@ bool has_unique_index_on(Oid relid, AttrNumber att)
         if (!HeapTupleIsValid(tuple))
             continue;
         auto* index = reinterpret_cast<Form_pg_index>(GETSTRUCT(tuple));
-        // Exactly that column, enforced for every row: no expression, no
-        // predicate, valid, and unique.
-        if (index->indisunique && index->indisvalid && index->indnkeyatts == 1 &&
+        // Exactly that column, enforced for every row at every moment: no
+        // expression, no predicate, valid, unique and immediate.
+        if (index->indisunique && index->indimmediate && index->indisvalid && index->indnkeyatts == 1 &&
             index->indkey.values[0] == att && heap_attisnull(tuple, Anum_pg_index_indexprs, nullptr) &&
             heap_attisnull(tuple, Anum_pg_index_indpred, nullptr))
             found = true;
@@ -125,7 +125,7 @@ bool has_unique_index_on(Oid relid, AttrNumber att)
             break;
     }
     list_free(indexes);
-    table_close(rel, AccessShareLock);
+    table_close(rel, NoLock);
     return found;
 }
 
@@ -231,6 +231,7 @@ RowTarget row_target(FunctionCallInfo fcinfo, int rel_argno, int key_column_argn
                         errmsg("rel: \"%s\" is not a table", t.rel_name),
                         errhint("Pass a table or a partitioned table.")));
     t.rel_sql = quote_qualified_identifier(get_namespace_name(get_rel_namespace(t.relid)), t.rel_name);
+    t.target_sql = kind == RELKIND_RELATION ? psprintf("ONLY %s", t.rel_sql) : t.rel_sql;
 
     t.key_column = column_of(t.relid, t.rel_name, name_arg(fcinfo, key_column_argno, "key_column"));
     const Column& key_column = t.key_column;
@@ -313,9 +314,23 @@ void require_unique_key(const RowTarget& t, CachedPlans* plans)
         ereport(ERROR, (errcode(ERRCODE_INVALID_COLUMN_REFERENCE),
                         errmsg("key_column \"%s\" of \"%s\" has no unique index or primary key of its own",
                                t.key_column.name, t.rel_name),
-                        errhint("The key must address exactly one row: CREATE UNIQUE INDEX ON %s (%s).",
+                        errhint("The key must address exactly one row: CREATE UNIQUE INDEX ON %s (%s) "
+                                "(not DEFERRABLE, no WHERE).",
                                 t.rel_sql, t.key_column.sql)));
     plans->unique_key_checked = true;
+}
+
+uint64 run_change(const RowTarget& t, SPIPlanPtr change, Datum* values)
+{
+    int rc = SPI_execute_plan(change, values, nullptr, false, 0);
+    if (rc != SPI_OK_UPDATE_RETURNING)
+        elog(ERROR, "pg_idem: UPDATE of \"%s\" failed: %s", t.rel_name, SPI_result_code_string(rc));
+    if (SPI_processed > 1)
+        ereport(ERROR, (errcode(ERRCODE_CARDINALITY_VIOLATION),
+                        errmsg("UPDATE of \"%s\" with %s = %s changed " UINT64_FORMAT " rows, not one", t.rel_name,
+                               t.key_column.name, key_for_message(t), SPI_processed),
+                        errhint("key_column \"%s\" must address one row.", t.key_column.name)));
+    return SPI_processed;
 }
 
 SPIPlanPtr prepare_kept(const char* sql, int nargs, Oid* argtypes)

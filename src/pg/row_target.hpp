@@ -30,6 +30,11 @@ struct Column {
 struct RowTarget {
     Oid relid;
     const char* rel_sql;       // quoted schema.name
+    // The rows the helper's statements address: ONLY the table itself for a
+    // plain table, whose unique index does not reach its inheritance
+    // children; the whole of a partitioned table, whose unique index covers
+    // every partition.
+    const char* target_sql;
     const char* rel_name;      // for messages
     Column key_column;
     Oid key_arg_type;          // the type the caller passed the key as
@@ -88,8 +93,14 @@ void row_target_init();
 // caller copies the plans it runs: a nested call may replace them meanwhile.
 CachedPlans* cached_plans(const PlanKey& key);
 // 42P10 unless the key column carries a unique index or primary key on
-// exactly that column (checked once per cached entry).
+// exactly that column, immediate (a DEFERRABLE one lets two rows share a
+// key until commit), without predicate or expression (checked once per
+// cached entry).
 void require_unique_key(const RowTarget& target, CachedPlans* plans);
+// Runs a helper's UPDATE ... RETURNING and returns how many rows it changed:
+// 0 or 1. More would mean the key did not address one row after all: 21000,
+// which aborts the write rather than report or repeat it.
+uint64 run_change(const RowTarget& target, SPIPlanPtr change, Datum* values);
 // SPI_prepare + SPI_keepplan, with the caller's search path (DEBUG1 says so).
 SPIPlanPtr prepare_kept(const char* sql, int nargs, Oid* argtypes);
 
