@@ -110,6 +110,26 @@ UPDATE stock_deferrable SET sku = 1 WHERE sku = 2;
 SELECT idem_decrement('stock_deferrable', 'sku', 1, 'amount', 2) AS deferrable_key;
 ROLLBACK;
 
+-- A rule that replaces the UPDATE (DO INSTEAD) would make the helper report
+-- what the rule did, not a decrement: such a table is refused, 0A000. A DO
+-- ALSO rule runs beside the UPDATE, as with plain SQL.
+CREATE TABLE stock_audit (sku int, amount int);
+CREATE TABLE stock_instead (sku int PRIMARY KEY, amount int NOT NULL);
+INSERT INTO stock_instead VALUES (1, 5);
+SELECT idem_decrement('stock_instead', 'sku', 1, 'amount', 1) AS before_the_rule;
+CREATE RULE log_instead AS ON UPDATE TO stock_instead DO INSTEAD
+    INSERT INTO stock_audit VALUES (new.sku, new.amount) RETURNING stock_audit.sku, stock_audit.amount;
+SELECT idem_decrement('stock_instead', 'sku', 1, 'amount', 1) AS instead_insert;
+CREATE TABLE stock_nothing (sku int PRIMARY KEY, amount int NOT NULL);
+INSERT INTO stock_nothing VALUES (1, 5);
+CREATE RULE ignore_updates AS ON UPDATE TO stock_nothing DO INSTEAD NOTHING;
+SELECT pg_temp.error_of($$SELECT idem_decrement('stock_nothing', 'sku', 1, 'amount', 1)$$) AS instead_nothing;
+CREATE TABLE stock_also (sku int PRIMARY KEY, amount int NOT NULL);
+INSERT INTO stock_also VALUES (1, 5);
+CREATE RULE log_also AS ON UPDATE TO stock_also DO ALSO INSERT INTO stock_audit VALUES (new.sku, new.amount);
+SELECT idem_decrement('stock_also', 'sku', 1, 'amount', 1) AS also_rule;
+SELECT * FROM stock_audit;
+
 -- Triggers fire, as with plain SQL.
 CREATE TABLE stock_log (sku int, old_amount int, new_amount int);
 CREATE FUNCTION log_stock() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -198,7 +218,8 @@ RESET ROLE;
 SELECT sku, amount FROM stock WHERE sku IN (7, 42) ORDER BY sku;
 
 DROP TABLE stock, wallet, stock_by_name, stock_by_code, stock_by_bits, stock_big, stock_exact, stock_by_day,
-    stock_by_time, stock_by_decimal, stock_by_float, stock_parent, stock_child, stock_parted, stock_deferrable, stock_log, two_col_key, partial_key, expr_key, texty, "Odd ""Table""" CASCADE;
+    stock_by_time, stock_by_decimal, stock_by_float, stock_parent, stock_child, stock_parted, stock_deferrable,
+    stock_audit, stock_instead, stock_nothing, stock_also, stock_log, two_col_key, partial_key, expr_key, texty, "Odd ""Table""" CASCADE;
 DROP SEQUENCE stock_seq;
 DROP FUNCTION log_stock();
 DROP ROLE idem_decrement_reader, idem_decrement_clerk;

@@ -46,6 +46,11 @@ INSERT INTO parent_orders VALUES (1, 'created');
 INSERT INTO child_orders VALUES (1, 'created');
 SELECT idem_transition('parent_orders', 'id', 1, 'state', 'created', 'paid');
 SELECT tableoid::regclass, id, state FROM parent_orders ORDER BY 1;
+-- A table whose UPDATE a DO INSTEAD rule replaces is refused: 0A000.
+CREATE TABLE frozen_orders (id int PRIMARY KEY, state text NOT NULL);
+INSERT INTO frozen_orders VALUES (1, 'created');
+CREATE RULE frozen AS ON UPDATE TO frozen_orders DO INSTEAD NOTHING;
+SELECT pg_temp.error_of($$SELECT idem_transition('frozen_orders', 'id', 1, 'state', 'created', 'paid')$$);
 -- A NULL state is no state: IK003.
 INSERT INTO tickets VALUES (2, NULL);
 SELECT pg_temp.error_of($$SELECT idem_transition('tickets', 'id', 2, 'status', 'open', 'closed')$$);
@@ -69,5 +74,5 @@ SELECT sql, pg_temp.error_of(sql) FROM unnest(ARRAY[
     $$SELECT idem_transition('orders', 'id', 1.5, 'state', 'created', 'paid')$$
 ]) AS sql;
 
-DROP TABLE orders, typed_orders, tickets, padded, parent_orders, child_orders, no_key;
+DROP TABLE orders, typed_orders, tickets, padded, parent_orders, child_orders, frozen_orders, no_key;
 DROP TYPE order_state;

@@ -114,7 +114,7 @@ IDEM_SQL_FUNCTION(idem_decrement)
             elog(ERROR, "pg_idem: SPI_connect failed");
         pg::CachedPlans* plans =
             pg::cached_plans(pg::PlanKey{target.relid, target.key_column.att, amount.att, target.key_arg_type, decrement_plans});
-        pg::require_unique_key(target, plans);
+        pg::check_target(target, plans);
         Oid types[2] = {target.key_arg_type, amount.type};
         if (plans->change == nullptr)
             plans->change = pg::prepare_kept(

@@ -57,7 +57,7 @@ IDEM_SQL_FUNCTION(idem_transition)
             elog(ERROR, "pg_idem: SPI_connect failed");
         pg::CachedPlans* plans =
             pg::cached_plans(pg::PlanKey{target.relid, target.key_column.att, state.att, target.key_arg_type, transition_plans});
-        pg::require_unique_key(target, plans);
+        pg::check_target(target, plans);
         // States arrive as text and are compared in the column's base type,
         // without its length (text, char(n), an enum: an unknown label is
         // 22P02); storing one checks the column's length and domain.

@@ -9,6 +9,7 @@ extern "C" {
 #include "catalog/pg_type.h"
 #include "nodes/pg_list.h"
 #include "parser/parse_coerce.h"
+#include "rewrite/prs2lock.h"
 #include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
@@ -103,9 +104,8 @@ void at_transaction_end(XactEvent event, void*)
     some_entry_stale = false;
 }
 
-bool has_unique_index_on(Oid relid, AttrNumber att)
+bool has_unique_index_on(Relation rel, AttrNumber att)
 {
-    Relation rel = table_open(relid, NoLock);  // locked by row_target()
     List* indexes = RelationGetIndexList(rel);
     bool found = false;
     ListCell* cell;
@@ -125,8 +125,30 @@ bool has_unique_index_on(Oid relid, AttrNumber att)
             break;
     }
     list_free(indexes);
-    table_close(rel, NoLock);
     return found;
+}
+
+// Whether a rule replaces the table's UPDATE (DO INSTEAD): the helper would
+// then report what the rule did, not its UPDATE. (A DO ALSO rule runs
+// beside the UPDATE, whose result stands, as in plain SQL.)
+bool update_is_replaced_by_rule(Relation rel)
+{
+    if (rel->rd_rules == nullptr)
+        return false;
+    for (int i = 0; i < rel->rd_rules->numLocks; i++) {
+        const RewriteRule* rule = rel->rd_rules->rules[i];
+        if (rule->event == CMD_UPDATE && rule->isInstead)
+            return true;
+    }
+    return false;
+}
+
+[[noreturn]] void refuse_rewritten(const RowTarget& t)
+{
+    ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+                    errmsg("rel: the UPDATE of \"%s\" is replaced by an ON UPDATE DO INSTEAD rule", t.rel_name),
+                    errhint("The helpers need a table whose UPDATE runs as written.")));
+    pg_unreachable();
 }
 
 Column column_of(Oid relid, const char* rel_name, Name name)
@@ -300,29 +322,37 @@ CachedPlans* cached_plans(const PlanKey& key)
     if (!found || entry->stale) {
         entry->change = nullptr;
         entry->look = nullptr;
-        entry->unique_key_checked = false;
+        entry->target_checked = false;
         entry->stale = false;
     }
     return entry;
 }
 
-void require_unique_key(const RowTarget& t, CachedPlans* plans)
+void check_target(const RowTarget& t, CachedPlans* plans)
 {
-    if (plans->unique_key_checked)
+    if (plans->target_checked)
         return;
-    if (!has_unique_index_on(t.relid, t.key_column.att))
+    Relation rel = table_open(t.relid, NoLock);  // locked by row_target()
+    bool unique = has_unique_index_on(rel, t.key_column.att);
+    bool replaced = update_is_replaced_by_rule(rel);
+    table_close(rel, NoLock);
+    if (!unique)
         ereport(ERROR, (errcode(ERRCODE_INVALID_COLUMN_REFERENCE),
                         errmsg("key_column \"%s\" of \"%s\" has no unique index or primary key of its own",
                                t.key_column.name, t.rel_name),
                         errhint("The key must address exactly one row: CREATE UNIQUE INDEX ON %s (%s) "
                                 "(not DEFERRABLE, no WHERE).",
                                 t.rel_sql, t.key_column.sql)));
-    plans->unique_key_checked = true;
+    if (replaced)
+        refuse_rewritten(t);
+    plans->target_checked = true;
 }
 
 uint64 run_change(const RowTarget& t, SPIPlanPtr change, Datum* values)
 {
     int rc = SPI_execute_plan(change, values, nullptr, false, 0);
+    if (rc == SPI_OK_REWRITTEN)  // check_target() refused such a table; in case a rule came since
+        refuse_rewritten(t);
     if (rc != SPI_OK_UPDATE_RETURNING)
         elog(ERROR, "pg_idem: UPDATE of \"%s\" failed: %s", t.rel_name, SPI_result_code_string(rc));
     if (SPI_processed > 1)

@@ -45,7 +45,7 @@ struct RowTarget {
 // transaction) and only then validates rel (22004 NULL, 42P01 missing or
 // dropped while we waited, 42809 not a table), key_column (22004, 42703) and
 // key (22004 NULL, 42804 not comparable in the column's type).
-// require_unique_key() checks the index.
+// check_target() checks the index and rules.
 RowTarget row_target(FunctionCallInfo fcinfo, int rel_argno, int key_column_argno, int key_argno);
 
 // A further column of the target's relation (22004 NULL name, 42703 missing).
@@ -84,7 +84,7 @@ struct CachedPlans {
     PlanKey key;
     SPIPlanPtr change;  // the one-statement UPDATE ... RETURNING; NULL until prepared
     SPIPlanPtr look;    // what the row holds when the UPDATE changed nothing; NULL until needed
-    bool unique_key_checked;
+    bool target_checked;  // check_target() passed
     bool stale;         // the relation changed since
 };
 
@@ -92,11 +92,12 @@ void row_target_init();
 // The cached plans for `key`, or an entry with both plans NULL to fill. A
 // caller copies the plans it runs: a nested call may replace them meanwhile.
 CachedPlans* cached_plans(const PlanKey& key);
-// 42P10 unless the key column carries a unique index or primary key on
-// exactly that column, immediate (a DEFERRABLE one lets two rows share a
-// key until commit), without predicate or expression (checked once per
-// cached entry).
-void require_unique_key(const RowTarget& target, CachedPlans* plans);
+// What the plans rely on, checked once per cached entry: 42P10 unless the
+// key column carries a unique index or primary key on exactly that column,
+// immediate (a DEFERRABLE one lets two rows share a key until commit),
+// without predicate or expression; 0A000 if an ON UPDATE DO INSTEAD rule
+// replaces the UPDATE.
+void check_target(const RowTarget& target, CachedPlans* plans);
 // Runs a helper's UPDATE ... RETURNING and returns how many rows it changed:
 // 0 or 1. More would mean the key did not address one row after all: 21000,
 // which aborts the write rather than report or repeat it.
