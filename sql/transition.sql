@@ -51,6 +51,15 @@ CREATE TABLE frozen_orders (id int PRIMARY KEY, state text NOT NULL);
 INSERT INTO frozen_orders VALUES (1, 'created');
 CREATE RULE frozen AS ON UPDATE TO frozen_orders DO INSTEAD NOTHING;
 SELECT pg_temp.error_of($$SELECT idem_transition('frozen_orders', 'id', 1, 'state', 'created', 'paid')$$);
+-- States are compared in the column's type, not as text: a boolean row in
+-- state true is already in 'yes' (false, not IK003), and 'true' and 't' are
+-- the same state (22023).
+CREATE TABLE flags (id int PRIMARY KEY, state boolean NOT NULL);
+INSERT INTO flags VALUES (1, true);
+SELECT xmin AS flags_xmin FROM flags \gset
+SELECT idem_transition('flags', 'id', 1, 'state', 'false', 'yes') AS already_true;
+SELECT pg_temp.error_of($$SELECT idem_transition('flags', 'id', 1, 'state', 'true', 't')$$) AS same_state;
+SELECT state, xmin::text = :'flags_xmin' AS same_row_version FROM flags;
 -- A NULL state is no state: IK003.
 INSERT INTO tickets VALUES (2, NULL);
 SELECT pg_temp.error_of($$SELECT idem_transition('tickets', 'id', 2, 'status', 'open', 'closed')$$);
@@ -74,5 +83,5 @@ SELECT sql, pg_temp.error_of(sql) FROM unnest(ARRAY[
     $$SELECT idem_transition('orders', 'id', 1.5, 'state', 'created', 'paid')$$
 ]) AS sql;
 
-DROP TABLE orders, typed_orders, tickets, padded, parent_orders, child_orders, frozen_orders, no_key;
+DROP TABLE orders, typed_orders, tickets, padded, parent_orders, child_orders, frozen_orders, flags, no_key;
 DROP TYPE order_state;

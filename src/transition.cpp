@@ -13,6 +13,7 @@ extern "C" {
 #include "catalog/pg_type.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/typcache.h"
 }
 
 namespace idem {
@@ -21,10 +22,21 @@ namespace {
 constexpr int transition_plans = 2;  // PlanKey::kind
 constexpr int max_rounds = 100;
 
-// States compare byte for byte, as labels.
-bool same_state(Datum a, Datum b)
+// Whether from_state and to_state name the same state in the column's type
+// and collation (boolean 'true' and 't', citext 'Paid' and 'paid'), as the
+// UPDATE's `=` will compare them. A type without an equality operator
+// compares the labels byte for byte; its UPDATE will fail anyway (42883).
+bool same_state(Datum from, Datum to, const pg::Column& state)
 {
-    return DatumGetBool(DirectFunctionCall2Coll(texteq, C_COLLATION_OID, a, b));
+    TypeCacheEntry* type = lookup_type_cache(state.type, TYPECACHE_EQ_OPR_FINFO);
+    if (!OidIsValid(type->eq_opr_finfo.fn_oid))
+        return DatumGetBool(DirectFunctionCall2Coll(texteq, C_COLLATION_OID, from, to));
+    Oid input;
+    Oid ioparam;
+    getTypeInputInfo(state.type, &input, &ioparam);
+    Datum a = OidInputFunctionCall(input, TextDatumGetCString(from), ioparam, -1);
+    Datum b = OidInputFunctionCall(input, TextDatumGetCString(to), ioparam, -1);
+    return DatumGetBool(FunctionCall2Coll(&type->eq_opr_finfo, state.collation, a, b));
 }
 
 Datum state_arg(FunctionCallInfo fcinfo, int argno, const char* name)
@@ -48,9 +60,11 @@ IDEM_SQL_FUNCTION(idem_transition)
         pg::Column state = pg::target_column(target, fcinfo, 3, "state_column");
         Datum from = state_arg(fcinfo, 4, "from_state");
         Datum to = state_arg(fcinfo, 5, "to_state");
-        if (same_state(from, to))
+        if (same_state(from, to, state))
             ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-                            errmsg("from_state and to_state are both \"%s\"", TextDatumGetCString(from)),
+                            errmsg("from_state %s and to_state %s name the same state of column \"%s\"",
+                                   quote_literal_cstr(TextDatumGetCString(from)),
+                                   quote_literal_cstr(TextDatumGetCString(to)), state.name),
                             errhint("A transition moves a row from one state to another.")));
 
         if (SPI_connect() != SPI_OK_CONNECT)
@@ -76,10 +90,15 @@ IDEM_SQL_FUNCTION(idem_transition)
                 SPI_finish();
                 PG_RETURN_BOOL(true);
             }
+            // The state as text for messages, and whether it is to_state or
+            // from_state, compared in the column's type as the UPDATE does.
             if (plans->look == nullptr)
-                plans->look = pg::prepare_kept(psprintf("SELECT CAST(%s AS pg_catalog.text) FROM %s WHERE %s",
-                                                        state.sql, target.target_sql, pg::key_condition(target)),
-                                               3, types);
+                plans->look = pg::prepare_kept(
+                    psprintf("SELECT CAST(%s AS pg_catalog.text), %s = CAST($3 AS %s), %s = CAST($2 AS %s) FROM %s "
+                             "WHERE %s",
+                             state.sql, state.sql, state_type, state.sql, state_type, target.target_sql,
+                             pg::key_condition(target)),
+                    3, types);
             int rc = SPI_execute_plan(plans->look, values, nullptr, false, 0);
             if (rc != SPI_OK_SELECT)
                 elog(ERROR, "pg_idem: transition look-up failed: %s", SPI_result_code_string(rc));
@@ -89,11 +108,14 @@ IDEM_SQL_FUNCTION(idem_transition)
                                        pg::key_for_message(target))));
             bool isnull;
             Datum current = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-            if (!isnull && same_state(current, to)) {
+            bool unused;
+            bool at_to = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &unused));
+            bool at_from = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &unused));
+            if (!isnull && at_to) {
                 SPI_finish();
                 PG_RETURN_BOOL(false);  // already there: a repeated request
             }
-            if (isnull || !same_state(current, from))
+            if (isnull || !at_from)
                 ereport(ERROR, (errcode(IDEM_ERRCODE_WRONG_STATE),
                                 errmsg("row of \"%s\" with %s = %s is in state %s, not %s", target.rel_name,
                                        target.key_column.name, pg::key_for_message(target),

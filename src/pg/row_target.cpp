@@ -166,6 +166,7 @@ Column column_of(Oid relid, const char* rel_name, Name name)
     c.declared_type = type;
     c.type = getBaseType(type);
     c.typmod = typmod;
+    c.collation = collation;
     c.sql = quote_identifier(c.name);
     return c;
 }

@@ -23,6 +23,7 @@ struct Column {
     Oid type;       // base type (a domain's underlying type)
     Oid declared_type;
     int32 typmod;
+    Oid collation;
     const char* sql;   // quoted
     const char* name;
 };
