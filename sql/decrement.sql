@@ -130,6 +130,19 @@ CREATE RULE log_also AS ON UPDATE TO stock_also DO ALSO INSERT INTO stock_audit 
 SELECT idem_decrement('stock_also', 'sku', 1, 'amount', 1) AS also_rule;
 SELECT * FROM stock_audit;
 
+-- A BEFORE UPDATE trigger that returns NULL keeps the row as it was, as in
+-- plain SQL (UPDATE 0): the helper answers NULL after its one UPDATE,
+-- which ran the trigger once (it ran it 100 times, then raised 40001).
+CREATE TABLE stock_held (sku int PRIMARY KEY, amount int NOT NULL);
+INSERT INTO stock_held VALUES (1, 5);
+CREATE SEQUENCE trigger_calls;  -- counts what a rollback does not undo
+CREATE FUNCTION hold_row() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM nextval('trigger_calls'); RETURN NULL; END $$;
+CREATE TRIGGER hold_row BEFORE UPDATE ON stock_held FOR EACH ROW EXECUTE FUNCTION hold_row();
+SELECT pg_temp.error_of($$SELECT idem_decrement('stock_held', 'sku', 1, 'amount', 1)$$) AS held;
+SELECT idem_decrement('stock_held', 'sku', 1, 'amount', 1) IS NULL AS not_decremented;
+SELECT last_value AS trigger_runs_for_two_calls, (SELECT amount FROM stock_held) FROM trigger_calls;
+
 -- Triggers fire, as with plain SQL.
 CREATE TABLE stock_log (sku int, old_amount int, new_amount int);
 CREATE FUNCTION log_stock() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -216,10 +229,28 @@ SELECT pg_temp.error_of($$SELECT idem_decrement('stock', 'sku', 7, 'amount', 1)$
 UPDATE stock SET amount = amount - 1 WHERE sku = 7;
 RESET ROLE;
 SELECT sku, amount FROM stock WHERE sku IN (7, 42) ORDER BY sku;
+-- Separate SELECT and UPDATE policies: the clerk sees sku 7 and 42 but may
+-- update only 42. Plain SQL updates no row of sku 7 (UPDATE 0); the helper
+-- answers NULL after its one UPDATE (it looped 100 times and raised 40001,
+-- which clients retry forever). A row the SELECT policy hides: P0002.
+CREATE TABLE stock_policies (sku int PRIMARY KEY, amount int NOT NULL);
+INSERT INTO stock_policies VALUES (7, 100), (42, 100), (99, 100);
+GRANT SELECT, UPDATE ON stock_policies TO idem_decrement_clerk;
+ALTER TABLE stock_policies ENABLE ROW LEVEL SECURITY;
+CREATE POLICY clerk_reads ON stock_policies FOR SELECT TO idem_decrement_clerk USING (sku IN (7, 42));
+CREATE POLICY clerk_updates ON stock_policies FOR UPDATE TO idem_decrement_clerk USING (sku = 42);
+SET ROLE idem_decrement_clerk;
+SELECT idem_decrement('stock_policies', 'sku', 42, 'amount', 1) AS may_update;
+WITH changed AS (UPDATE stock_policies SET amount = amount - 1 WHERE sku = 7 AND amount >= 1 RETURNING amount)
+SELECT count(*) AS plain_sql_changes FROM changed;
+SELECT idem_decrement('stock_policies', 'sku', 7, 'amount', 1) IS NULL AS seen_not_updatable;
+SELECT pg_temp.error_of($$SELECT idem_decrement('stock_policies', 'sku', 99, 'amount', 1)$$) AS hidden;
+RESET ROLE;
+SELECT sku, amount FROM stock_policies ORDER BY sku;
 
 DROP TABLE stock, wallet, stock_by_name, stock_by_code, stock_by_bits, stock_big, stock_exact, stock_by_day,
     stock_by_time, stock_by_decimal, stock_by_float, stock_parent, stock_child, stock_parted, stock_deferrable,
-    stock_audit, stock_instead, stock_nothing, stock_also, stock_log, two_col_key, partial_key, expr_key, texty, "Odd ""Table""" CASCADE;
-DROP SEQUENCE stock_seq;
-DROP FUNCTION log_stock();
+    stock_audit, stock_instead, stock_nothing, stock_also, stock_held, stock_policies, stock_log, two_col_key, partial_key, expr_key, texty, "Odd ""Table""" CASCADE;
+DROP SEQUENCE stock_seq, trigger_calls;
+DROP FUNCTION log_stock(), hold_row();
 DROP ROLE idem_decrement_reader, idem_decrement_clerk;

@@ -22,10 +22,6 @@ namespace {
 
 constexpr int decrement_plans = 1;  // PlanKey::kind
 
-// A row can change between the UPDATE that found it short and the look at
-// it; after this many rounds of that the caller retries (40001).
-constexpr int max_rounds = 100;
-
 bool is_amount_type(Oid type)
 {
     return type == INT2OID || type == INT4OID || type == INT8OID || type == NUMERICOID;
@@ -85,6 +81,29 @@ Datum as_numeric(Datum amount, Oid type)
     }
 }
 
+SPIPlanPtr change_plan(const pg::RowTarget& target, const pg::Column& amount, pg::CachedPlans* plans)
+{
+    if (plans->change == nullptr) {
+        Oid types[2] = {target.key_arg_type, amount.type};
+        plans->change =
+            pg::prepare_kept(psprintf("UPDATE %s SET %s = %s - $2 WHERE %s AND %s >= $2 RETURNING %s",
+                                      target.target_sql, amount.sql, amount.sql, pg::key_condition(target),
+                                      amount.sql, amount.sql),
+                             2, types);
+    }
+    return plans->change;
+}
+
+SPIPlanPtr look_plan(const pg::RowTarget& target, pg::CachedPlans* plans)
+{
+    if (plans->look == nullptr) {
+        Oid types[1] = {target.key_arg_type};
+        plans->look = pg::prepare_kept(
+            psprintf("SELECT FROM %s WHERE %s", target.target_sql, pg::key_condition(target)), 1, types);
+    }
+    return plans->look;
+}
+
 }  // namespace
 }  // namespace idem
 
@@ -115,48 +134,24 @@ IDEM_SQL_FUNCTION(idem_decrement)
         pg::CachedPlans* plans =
             pg::cached_plans(pg::PlanKey{target.relid, target.key_column.att, amount.att, target.key_arg_type, decrement_plans});
         pg::check_target(target, plans);
-        Oid types[2] = {target.key_arg_type, amount.type};
-        if (plans->change == nullptr)
-            plans->change = pg::prepare_kept(
-                psprintf("UPDATE %s SET %s = %s - $2 WHERE %s AND %s >= $2 RETURNING %s", target.target_sql,
-                         amount.sql, amount.sql, pg::key_condition(target), amount.sql, amount.sql),
-                2, types);
-        SPIPlanPtr change = plans->change;
-
         Datum values[2] = {target.key, by};
-        for (int round = 0; round < max_rounds; round++) {
-            if (pg::run_change(target, change, values) == 1) {
-                bool isnull;
-                Datum left = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-                Datum result = SPI_datumTransfer(as_numeric(left, amount.type), false, -1);
-                SPI_finish();
-                stats::count(stats::decrement_done);
-                return result;
-            }
-            // Nothing changed: short, or no such row (also one the caller
-            // may not see through row-level security, as with plain SQL).
-            if (plans->look == nullptr)
-                plans->look = pg::prepare_kept(psprintf("SELECT %s >= $2 FROM %s WHERE %s", amount.sql,
-                                                        target.target_sql, pg::key_condition(target)),
-                                               2, types);
-            int rc = SPI_execute_plan(plans->look, values, nullptr, false, 0);
-            if (rc != SPI_OK_SELECT)
-                elog(ERROR, "pg_idem: decrement look-up failed: %s", SPI_result_code_string(rc));
-            if (SPI_processed == 0)
-                ereport(ERROR, (errcode(ERRCODE_NO_DATA_FOUND),
-                                errmsg("no row of \"%s\" has %s = %s", target.rel_name, target.key_column.name,
-                                       pg::key_for_message(target))));
+        if (pg::run_change(target, change_plan(target, amount, plans), values) == 1) {
             bool isnull;
-            bool enough = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-            if (isnull || !enough) {
-                SPI_finish();
-                stats::count(stats::decrement_insufficient);
-                PG_RETURN_NULL();
-            }
-            // The amount grew since the UPDATE looked: try again.
+            Datum left = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+            Datum result = SPI_datumTransfer(as_numeric(left, amount.type), false, -1);
+            SPI_finish();
+            stats::count(stats::decrement_done);
+            return result;
         }
-        ereport(ERROR, (errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-                        errmsg("could not decrement %s of \"%s\": the row kept changing", amount.name, target.rel_name)));
-        pg_unreachable();
+        // Nothing changed. Under READ COMMITTED the UPDATE judged the newest
+        // committed version of the row, so its answer stands and is never
+        // retried: the look-up only tells "no row" (P0002) from "the row was
+        // not decremented" (NULL) -- it held less than n, or a BEFORE
+        // trigger or a row-level security policy for UPDATE kept it as it
+        // was, where plain SQL says UPDATE 0.
+        pg::run_look(target, look_plan(target, plans), values);
+        SPI_finish();
+        stats::count(stats::decrement_insufficient);
+        PG_RETURN_NULL();
     });
 }

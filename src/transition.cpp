@@ -20,7 +20,6 @@ namespace idem {
 namespace {
 
 constexpr int transition_plans = 2;  // PlanKey::kind
-constexpr int max_rounds = 100;
 
 // Whether from_state and to_state name the same state in the column's type
 // and collation (boolean 'true' and 't', citext 'Paid' and 'paid'), as the
@@ -37,6 +36,37 @@ bool same_state(Datum from, Datum to, const pg::Column& state)
     Datum a = OidInputFunctionCall(input, TextDatumGetCString(from), ioparam, -1);
     Datum b = OidInputFunctionCall(input, TextDatumGetCString(to), ioparam, -1);
     return DatumGetBool(FunctionCall2Coll(&type->eq_opr_finfo, state.collation, a, b));
+}
+
+// States arrive as text and are compared in the column's base type, without
+// its length (text, char(n), an enum: an unknown label is 22P02); storing
+// one checks the column's length and domain.
+SPIPlanPtr change_plan(const pg::RowTarget& target, const pg::Column& state, pg::CachedPlans* plans)
+{
+    if (plans->change == nullptr) {
+        const char* type = pg::type_sql(state.type);
+        Oid types[3] = {target.key_arg_type, TEXTOID, TEXTOID};
+        plans->change = pg::prepare_kept(
+            psprintf("UPDATE %s SET %s = CAST($3 AS %s) WHERE %s AND %s = CAST($2 AS %s) RETURNING true",
+                     target.target_sql, state.sql, type, pg::key_condition(target), state.sql, type),
+            3, types);
+    }
+    return plans->change;
+}
+
+// The state as text for messages, and whether it is to_state or from_state,
+// compared in the column's type as the UPDATE compares.
+SPIPlanPtr look_plan(const pg::RowTarget& target, const pg::Column& state, pg::CachedPlans* plans)
+{
+    if (plans->look == nullptr) {
+        const char* type = pg::type_sql(state.type);
+        Oid types[3] = {target.key_arg_type, TEXTOID, TEXTOID};
+        plans->look = pg::prepare_kept(
+            psprintf("SELECT CAST(%s AS pg_catalog.text), %s = CAST($3 AS %s), %s = CAST($2 AS %s) FROM %s WHERE %s",
+                     state.sql, state.sql, type, state.sql, type, target.target_sql, pg::key_condition(target)),
+            3, types);
+    }
+    return plans->look;
 }
 
 Datum state_arg(FunctionCallInfo fcinfo, int argno, const char* name)
@@ -72,61 +102,42 @@ IDEM_SQL_FUNCTION(idem_transition)
         pg::CachedPlans* plans =
             pg::cached_plans(pg::PlanKey{target.relid, target.key_column.att, state.att, target.key_arg_type, transition_plans});
         pg::check_target(target, plans);
-        // States arrive as text and are compared in the column's base type,
-        // without its length (text, char(n), an enum: an unknown label is
-        // 22P02); storing one checks the column's length and domain.
-        const char* state_type = pg::type_sql(state.type);
-        Oid types[3] = {target.key_arg_type, TEXTOID, TEXTOID};
-        if (plans->change == nullptr)
-            plans->change = pg::prepare_kept(
-                psprintf("UPDATE %s SET %s = CAST($3 AS %s) WHERE %s AND %s = CAST($2 AS %s) RETURNING true",
-                         target.target_sql, state.sql, state_type, pg::key_condition(target), state.sql, state_type),
-                3, types);
-        SPIPlanPtr change = plans->change;
-
         Datum values[3] = {target.key, from, to};
-        for (int round = 0; round < max_rounds; round++) {
-            if (pg::run_change(target, change, values) == 1) {
-                SPI_finish();
-                PG_RETURN_BOOL(true);
-            }
-            // The state as text for messages, and whether it is to_state or
-            // from_state, compared in the column's type as the UPDATE does.
-            if (plans->look == nullptr)
-                plans->look = pg::prepare_kept(
-                    psprintf("SELECT CAST(%s AS pg_catalog.text), %s = CAST($3 AS %s), %s = CAST($2 AS %s) FROM %s "
-                             "WHERE %s",
-                             state.sql, state.sql, state_type, state.sql, state_type, target.target_sql,
-                             pg::key_condition(target)),
-                    3, types);
-            int rc = SPI_execute_plan(plans->look, values, nullptr, false, 0);
-            if (rc != SPI_OK_SELECT)
-                elog(ERROR, "pg_idem: transition look-up failed: %s", SPI_result_code_string(rc));
-            if (SPI_processed == 0)
-                ereport(ERROR, (errcode(ERRCODE_NO_DATA_FOUND),
-                                errmsg("no row of \"%s\" has %s = %s", target.rel_name, target.key_column.name,
-                                       pg::key_for_message(target))));
-            bool isnull;
-            Datum current = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-            bool unused;
-            bool at_to = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &unused));
-            bool at_from = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &unused));
-            if (!isnull && at_to) {
-                SPI_finish();
-                PG_RETURN_BOOL(false);  // already there: a repeated request
-            }
-            if (isnull || !at_from)
-                ereport(ERROR, (errcode(IDEM_ERRCODE_WRONG_STATE),
-                                errmsg("row of \"%s\" with %s = %s is in state %s, not %s", target.rel_name,
-                                       target.key_column.name, pg::key_for_message(target),
-                                       isnull ? "NULL" : quote_literal_cstr(TextDatumGetCString(current)),
-                                       quote_literal_cstr(TextDatumGetCString(from))),
-                                errhint("A transition to \"%s\" starts from \"%s\".", TextDatumGetCString(to),
-                                        TextDatumGetCString(from))));
-            // Back in from_state since the UPDATE looked: try again.
+        if (pg::run_change(target, change_plan(target, state, plans), values) == 1) {
+            SPI_finish();
+            PG_RETURN_BOOL(true);
         }
-        ereport(ERROR, (errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-                        errmsg("could not move the row of \"%s\": its state kept changing", target.rel_name)));
+        // Nothing changed. Under READ COMMITTED the UPDATE judged the newest
+        // committed version of the row, so its answer stands and is never
+        // retried; the look-up tells why.
+        pg::run_look(target, look_plan(target, state, plans), values);
+        bool isnull;
+        Datum current = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+        const char* current_state = isnull ? "NULL" : quote_literal_cstr(TextDatumGetCString(current));
+        bool unknown;  // a NULL state is neither
+        bool at_to = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &unknown));
+        bool at_from = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &unknown));
+        if (!isnull && at_to) {
+            SPI_finish();
+            PG_RETURN_BOOL(false);  // already there: a repeated request
+        }
+        const char* from_state = quote_literal_cstr(TextDatumGetCString(from));
+        // In from_state and still not moved: a BEFORE trigger or a row-level
+        // security policy for UPDATE kept the row as it was (plain SQL's
+        // UPDATE 0). Never false, which would tell the caller it is done.
+        if (!isnull && at_from)
+            ereport(ERROR, (errcode(IDEM_ERRCODE_WRONG_STATE),
+                            errmsg("row of \"%s\" with %s = %s is in state %s, but the UPDATE to %s changed nothing",
+                                   target.rel_name, target.key_column.name, pg::key_for_message(target),
+                                   current_state, quote_literal_cstr(TextDatumGetCString(to))),
+                            errhint("A BEFORE UPDATE trigger or a row-level security policy for UPDATE kept the "
+                                    "row as it was, or another transaction moved it back to %s meanwhile.",
+                                    from_state)));
+        ereport(ERROR, (errcode(IDEM_ERRCODE_WRONG_STATE),
+                        errmsg("row of \"%s\" with %s = %s is in state %s, not %s", target.rel_name,
+                               target.key_column.name, pg::key_for_message(target), current_state, from_state),
+                        errhint("A transition to \"%s\" starts from \"%s\".", TextDatumGetCString(to),
+                                TextDatumGetCString(from))));
         pg_unreachable();
     });
 }

@@ -364,6 +364,16 @@ uint64 run_change(const RowTarget& t, SPIPlanPtr change, Datum* values)
     return SPI_processed;
 }
 
+void run_look(const RowTarget& t, SPIPlanPtr look, Datum* values)
+{
+    int rc = SPI_execute_plan(look, values, nullptr, false, 1);
+    if (rc != SPI_OK_SELECT)
+        elog(ERROR, "pg_idem: look-up in \"%s\" failed: %s", t.rel_name, SPI_result_code_string(rc));
+    if (SPI_processed == 0)
+        ereport(ERROR, (errcode(ERRCODE_NO_DATA_FOUND),
+                        errmsg("no row of \"%s\" has %s = %s", t.rel_name, t.key_column.name, key_for_message(t))));
+}
+
 SPIPlanPtr prepare_kept(const char* sql, int nargs, Oid* argtypes)
 {
     SPIPlanPtr plan = SPI_prepare(sql, nargs, argtypes);

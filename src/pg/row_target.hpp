@@ -103,6 +103,10 @@ void check_target(const RowTarget& target, CachedPlans* plans);
 // 0 or 1. More would mean the key did not address one row after all: 21000,
 // which aborts the write rather than report or repeat it.
 uint64 run_change(const RowTarget& target, SPIPlanPtr change, Datum* values);
+// Runs the look-up a helper makes when its UPDATE changed nothing: P0002
+// when no row has the key (none the caller may see, as with plain SQL);
+// otherwise the row is in SPI_tuptable.
+void run_look(const RowTarget& target, SPIPlanPtr look, Datum* values);
 // SPI_prepare + SPI_keepplan, with the caller's search path (DEBUG1 says so).
 SPIPlanPtr prepare_kept(const char* sql, int nargs, Oid* argtypes);
 
