@@ -143,6 +143,19 @@ SELECT pg_temp.error_of($$SELECT idem_decrement('stock_held', 'sku', 1, 'amount'
 SELECT idem_decrement('stock_held', 'sku', 1, 'amount', 1) IS NULL AS not_decremented;
 SELECT last_value AS trigger_runs_for_two_calls, (SELECT amount FROM stock_held) FROM trigger_calls;
 
+-- A BEFORE trigger that sets the amount to NULL: the UPDATE happened, but
+-- the helper cannot answer NULL ("short") for a write that took place, nor
+-- a made-up number: 22004, which undoes the write (a numeric amount crashed
+-- the backend, an integer one answered 0).
+CREATE TABLE stock_nulled (sku int PRIMARY KEY, amount int, balance numeric);
+INSERT INTO stock_nulled VALUES (1, 5, 5);
+CREATE FUNCTION null_amounts() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN NEW.balance := NULL; IF NEW.amount = 4 THEN NEW.amount := NULL; END IF; RETURN NEW; END $$;
+CREATE TRIGGER null_amounts BEFORE UPDATE ON stock_nulled FOR EACH ROW EXECUTE FUNCTION null_amounts();
+SELECT idem_decrement('stock_nulled', 'sku', 1, 'balance', 1) AS numeric_amount;
+SELECT pg_temp.error_of($$SELECT idem_decrement('stock_nulled', 'sku', 1, 'amount', 1)$$) AS integer_amount;
+SELECT amount, balance FROM stock_nulled;
+
 -- Triggers fire, as with plain SQL.
 CREATE TABLE stock_log (sku int, old_amount int, new_amount int);
 CREATE FUNCTION log_stock() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -250,7 +263,7 @@ SELECT sku, amount FROM stock_policies ORDER BY sku;
 
 DROP TABLE stock, wallet, stock_by_name, stock_by_code, stock_by_bits, stock_big, stock_exact, stock_by_day,
     stock_by_time, stock_by_decimal, stock_by_float, stock_parent, stock_child, stock_parted, stock_deferrable,
-    stock_audit, stock_instead, stock_nothing, stock_also, stock_held, stock_policies, stock_log, two_col_key, partial_key, expr_key, texty, "Odd ""Table""" CASCADE;
+    stock_audit, stock_instead, stock_nothing, stock_also, stock_held, stock_policies, stock_nulled, stock_log, two_col_key, partial_key, expr_key, texty, "Odd ""Table""" CASCADE;
 DROP SEQUENCE stock_seq, trigger_calls;
-DROP FUNCTION log_stock(), hold_row();
+DROP FUNCTION log_stock(), hold_row(), null_amounts();
 DROP ROLE idem_decrement_reader, idem_decrement_clerk;

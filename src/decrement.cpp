@@ -81,6 +81,23 @@ Datum as_numeric(Datum amount, Oid type)
     }
 }
 
+// The amount the UPDATE left, as numeric in the caller's memory. A BEFORE
+// trigger may have set it to NULL: the UPDATE happened, so NULL ("short")
+// would be a lie and any number a guess; 22004 undoes the write instead.
+Datum new_amount(const pg::RowTarget& target, const pg::Column& amount)
+{
+    bool isnull;
+    Datum left = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+    if (isnull)
+        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+                        errmsg("amount_column \"%s\" of \"%s\" is NULL after the decrement", amount.name,
+                               target.rel_name),
+                        errdetail("A BEFORE UPDATE trigger set it to NULL; idem_decrement answers NULL only when "
+                                  "nothing was decremented."),
+                        errhint("Keep the amount NOT NULL, or decrement it with a plain UPDATE.")));
+    return SPI_datumTransfer(as_numeric(left, amount.type), false, -1);
+}
+
 SPIPlanPtr change_plan(const pg::RowTarget& target, const pg::Column& amount, pg::CachedPlans* plans)
 {
     if (plans->change == nullptr) {
@@ -136,9 +153,7 @@ IDEM_SQL_FUNCTION(idem_decrement)
         pg::check_target(target, plans);
         Datum values[2] = {target.key, by};
         if (pg::run_change(target, change_plan(target, amount, plans), values) == 1) {
-            bool isnull;
-            Datum left = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-            Datum result = SPI_datumTransfer(as_numeric(left, amount.type), false, -1);
+            Datum result = new_amount(target, amount);
             SPI_finish();
             stats::count(stats::decrement_done);
             return result;
