@@ -29,6 +29,13 @@ SELECT idem_decrement('wallet', 'id', 'a'::text, 'balance', 10.25);
 SELECT idem_decrement('wallet', 'id', 'a'::text, 'small', 100);
 SELECT idem_decrement('wallet', 'id', 'a'::text, 'big', 1000000000);
 SELECT idem_decrement('wallet', 'id', 'a'::text, 'plain', 0.0001);
+-- A domain over numeric(10, 2) keeps two places too: 0.004 is refused
+-- (22023), never rounded away to a "successful" decrement of nothing.
+CREATE DOMAIN money2 AS numeric(10, 2);
+CREATE TABLE purse (id int PRIMARY KEY, balance money2 NOT NULL);
+INSERT INTO purse VALUES (1, 1.00);
+SELECT pg_temp.error_of($$SELECT idem_decrement('purse', 'id', 1, 'balance', 0.004)$$) AS too_fine;
+SELECT idem_decrement('purse', 'id', 1, 'balance', 0.01) AS cent;
 CREATE TABLE stock_by_name (sku varchar(20) PRIMARY KEY, amount bigint);
 INSERT INTO stock_by_name VALUES ('42', 3);
 SELECT idem_decrement('stock_by_name', 'sku', 42, 'amount', 1) AS int_key_for_varchar_column;
@@ -261,9 +268,10 @@ SELECT pg_temp.error_of($$SELECT idem_decrement('stock_policies', 'sku', 99, 'am
 RESET ROLE;
 SELECT sku, amount FROM stock_policies ORDER BY sku;
 
-DROP TABLE stock, wallet, stock_by_name, stock_by_code, stock_by_bits, stock_big, stock_exact, stock_by_day,
+DROP TABLE stock, wallet, purse, stock_by_name, stock_by_code, stock_by_bits, stock_big, stock_exact, stock_by_day,
     stock_by_time, stock_by_decimal, stock_by_float, stock_parent, stock_child, stock_parted, stock_deferrable,
     stock_audit, stock_instead, stock_nothing, stock_also, stock_held, stock_policies, stock_nulled, stock_log, two_col_key, partial_key, expr_key, texty, "Odd ""Table""" CASCADE;
 DROP SEQUENCE stock_seq, trigger_calls;
+DROP DOMAIN money2;
 DROP FUNCTION log_stock(), hold_row(), null_amounts();
 DROP ROLE idem_decrement_reader, idem_decrement_clerk;

@@ -164,7 +164,9 @@ Column column_of(Oid relid, const char* rel_name, Name name)
     Oid collation;
     get_atttypetypmodcoll(relid, c.att, &type, &typmod, &collation);
     c.declared_type = type;
-    c.type = getBaseType(type);
+    // A domain column's own typmod is -1: the base type's typmod (the scale
+    // of a domain over numeric(10, 2)) is the domain's.
+    c.type = getBaseTypeAndTypmod(type, &typmod);
     c.typmod = typmod;
     c.collation = collation;
     c.sql = quote_identifier(c.name);

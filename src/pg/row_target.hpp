@@ -22,7 +22,7 @@ struct Column {
     AttrNumber att;
     Oid type;       // base type (a domain's underlying type)
     Oid declared_type;
-    int32 typmod;
+    int32 typmod;   // of the base type (a domain's typmod)
     Oid collation;
     const char* sql;   // quoted
     const char* name;
