@@ -38,35 +38,30 @@ bool same_state(Datum from, Datum to, const pg::Column& state)
     return DatumGetBool(FunctionCall2Coll(&type->eq_opr_finfo, state.collation, a, b));
 }
 
-// States arrive as text and are compared in the column's base type, without
-// its length (text, char(n), an enum: an unknown label is 22P02); storing
-// one checks the column's length and domain.
-SPIPlanPtr change_plan(const pg::RowTarget& target, const pg::Column& state, pg::CachedPlans* plans)
-{
-    if (plans->change == nullptr) {
-        const char* type = pg::type_sql(state.type);
-        Oid types[3] = {target.key_arg_type, TEXTOID, TEXTOID};
-        plans->change = pg::prepare_kept(
-            psprintf("UPDATE %s SET %s = CAST($3 AS %s) WHERE %s AND %s = CAST($2 AS %s) RETURNING true",
-                     target.target_sql, state.sql, type, pg::key_condition(target), state.sql, type),
-            3, types);
-    }
-    return plans->change;
-}
+// The statements of a transition. States arrive as text and are compared in
+// the column's base type, without its length (text, char(n), an enum: an
+// unknown label is 22P02); storing one checks the column's length and
+// domain. The look-up returns the state as text for messages, and whether
+// it is to_state and from_state, compared as the UPDATE compares.
+enum class Statement { change, look };
 
-// The state as text for messages, and whether it is to_state or from_state,
-// compared in the column's type as the UPDATE compares.
-SPIPlanPtr look_plan(const pg::RowTarget& target, const pg::Column& state, pg::CachedPlans* plans)
+SPIPlanPtr plan(Statement which, const pg::RowTarget& target, const pg::Column& state, pg::CachedPlans* plans)
 {
-    if (plans->look == nullptr) {
+    SPIPlanPtr* slot = which == Statement::change ? &plans->change : &plans->look;
+    if (*slot == nullptr) {
         const char* type = pg::type_sql(state.type);
+        const char* sql =
+            which == Statement::change
+                ? psprintf("UPDATE %s SET %s = CAST($3 AS %s) WHERE %s AND %s = CAST($2 AS %s) RETURNING true",
+                           target.target_sql, state.sql, type, pg::key_condition(target), state.sql, type)
+                : psprintf("SELECT CAST(%s AS pg_catalog.text), %s = CAST($3 AS %s), %s = CAST($2 AS %s) "
+                           "FROM %s WHERE %s",
+                           state.sql, state.sql, type, state.sql, type, target.target_sql,
+                           pg::key_condition(target));
         Oid types[3] = {target.key_arg_type, TEXTOID, TEXTOID};
-        plans->look = pg::prepare_kept(
-            psprintf("SELECT CAST(%s AS pg_catalog.text), %s = CAST($3 AS %s), %s = CAST($2 AS %s) FROM %s WHERE %s",
-                     state.sql, state.sql, type, state.sql, type, target.target_sql, pg::key_condition(target)),
-            3, types);
+        *slot = pg::prepare_kept(sql, 3, types);
     }
-    return plans->look;
+    return *slot;
 }
 
 Datum state_arg(FunctionCallInfo fcinfo, int argno, const char* name)
@@ -103,14 +98,14 @@ IDEM_SQL_FUNCTION(idem_transition)
             pg::cached_plans(pg::PlanKey{target.relid, target.key_column.att, state.att, target.key_arg_type, transition_plans});
         pg::check_target(target, plans);
         Datum values[3] = {target.key, from, to};
-        if (pg::run_change(target, change_plan(target, state, plans), values) == 1) {
+        if (pg::run_change(target, plan(Statement::change, target, state, plans), values) == 1) {
             SPI_finish();
             PG_RETURN_BOOL(true);
         }
         // Nothing changed. Under READ COMMITTED the UPDATE judged the newest
         // committed version of the row, so its answer stands and is never
         // retried; the look-up tells why.
-        pg::run_look(target, look_plan(target, state, plans), values);
+        pg::run_look(target, plan(Statement::look, target, state, plans), values);
         bool isnull;
         Datum current = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
         const char* current_state = isnull ? "NULL" : quote_literal_cstr(TextDatumGetCString(current));
