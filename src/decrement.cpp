@@ -1,11 +1,12 @@
 // idem_decrement: the condition-based optimistic lock for stock and balances
 // (SPEC "Conditional decrement"): one atomic
-//   UPDATE rel SET amount = amount - n WHERE key = $key AND amount >= n RETURNING amount
+//   UPDATE [ONLY] rel SET amount = amount - n WHERE key = $key AND amount >= n RETURNING amount
 // in the caller's transaction, with the caller's rights, row-level security
-// and triggers. Under concurrency the row lock does the work: a second
-// decrement waits for the first and re-checks `amount >= n` against the
-// amount the first left (READ COMMITTED), so the amount never drops below
-// zero and every successful decrement is counted in the drop.
+// and triggers, answered after that one UPDATE. Under concurrency the row
+// lock does the work: a second decrement waits for the first and re-checks
+// `amount >= n` against the amount the first left (READ COMMITTED), so the
+// amount never drops below zero and every successful decrement is counted
+// in the drop.
 #include "pg/guard.hpp"
 #include "pg/row_target.hpp"
 #include "stats.hpp"

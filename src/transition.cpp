@@ -1,7 +1,8 @@
 // idem_transition: "is it already in the target state?" (SPEC "State
 // transitions") as one atomic
-//   UPDATE rel SET state = to WHERE key = $key AND state = from RETURNING true
-// in the caller's transaction, with the caller's rights. A repeated request
+//   UPDATE [ONLY] rel SET state = to WHERE key = $key AND state = from RETURNING true
+// in the caller's transaction, with the caller's rights, answered after
+// that one UPDATE. A repeated request
 // finds the row already in `to` and changes nothing (false); two racing
 // transitions serialise on the row lock and the second re-checks `state =
 // from` against what the first committed, so exactly one of them moves it.
