@@ -30,6 +30,16 @@ CREATE TRIGGER v_guard BEFORE UPDATE ON tiny FOR EACH ROW EXECUTE FUNCTION idem_
 INSERT INTO tiny VALUES (1, 32767);
 SELECT pg_temp.error_of($$UPDATE tiny SET v = 32767 WHERE id = 1$$);
 
+-- A domain version column keeps its constraints: the guard checks them on
+-- the version it writes (a CHECK (VALUE < 3) let version 3 be stored).
+CREATE DOMAIN small_version AS int CHECK (VALUE < 3);
+CREATE TABLE drafts (id int PRIMARY KEY, body text, version small_version NOT NULL);
+CREATE TRIGGER version_guard BEFORE UPDATE ON drafts FOR EACH ROW EXECUTE FUNCTION idem_version_guard();
+INSERT INTO drafts VALUES (1, 'a', 1);
+UPDATE drafts SET body = 'b', version = 1 WHERE id = 1 RETURNING version;
+SELECT pg_temp.error_of($$UPDATE drafts SET body = 'c', version = 2 WHERE id = 1$$);
+SELECT body, version FROM drafts;
+
 -- Misuse: 39P01.
 CREATE TABLE misuse (id int PRIMARY KEY, version int, label text);
 INSERT INTO misuse VALUES (1, 1, 'x');
@@ -53,4 +63,5 @@ SELECT pg_temp.error_of($$UPDATE misuse SET label = 'y'$$) AS two_arguments;
 DROP TRIGGER two_args ON misuse;
 SELECT pg_temp.error_of($$SELECT idem_version_guard()$$) AS called_directly;
 
-DROP TABLE accounts, docs, tiny, misuse;
+DROP TABLE accounts, docs, tiny, drafts, misuse;
+DROP DOMAIN small_version;

@@ -1,11 +1,12 @@
 // idem_decrement: the condition-based optimistic lock for stock and balances
 // (SPEC "Conditional decrement"): one atomic
-//   UPDATE rel SET amount = amount - n WHERE key = $key AND amount >= n RETURNING amount
+//   UPDATE [ONLY] rel SET amount = amount - n WHERE key = $key AND amount >= n RETURNING amount
 // in the caller's transaction, with the caller's rights, row-level security
-// and triggers. Under concurrency the row lock does the work: a second
-// decrement waits for the first and re-checks `amount >= n` against the
-// amount the first left (READ COMMITTED), so the amount never drops below
-// zero and every successful decrement is counted in the drop.
+// and triggers, answered after that one UPDATE. Under concurrency the row
+// lock does the work: a second decrement waits for the first and re-checks
+// `amount >= n` against the amount the first left (READ COMMITTED), so the
+// amount never drops below zero and every successful decrement is counted
+// in the drop.
 #include "pg/guard.hpp"
 #include "pg/row_target.hpp"
 #include "stats.hpp"
@@ -21,10 +22,6 @@ namespace idem {
 namespace {
 
 constexpr int decrement_plans = 1;  // PlanKey::kind
-
-// A row can change between the UPDATE that found it short and the look at
-// it; after this many rounds of that the caller retries (40001).
-constexpr int max_rounds = 100;
 
 bool is_amount_type(Oid type)
 {
@@ -85,6 +82,46 @@ Datum as_numeric(Datum amount, Oid type)
     }
 }
 
+// The amount the UPDATE left, as numeric in the caller's memory. A BEFORE
+// trigger may have set it to NULL: the UPDATE happened, so NULL ("short")
+// would be a lie and any number a guess; 22004 undoes the write instead.
+Datum new_amount(const pg::RowTarget& target, const pg::Column& amount)
+{
+    bool isnull;
+    Datum left = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+    if (isnull)
+        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+                        errmsg("amount_column \"%s\" of \"%s\" is NULL after the decrement", amount.name,
+                               target.rel_name),
+                        errdetail("A BEFORE UPDATE trigger set it to NULL; idem_decrement answers NULL only when "
+                                  "nothing was decremented."),
+                        errhint("Keep the amount NOT NULL, or decrement it with a plain UPDATE.")));
+    return SPI_datumTransfer(as_numeric(left, amount.type), false, -1);
+}
+
+SPIPlanPtr change_plan(const pg::RowTarget& target, const pg::Column& amount, pg::CachedPlans* plans)
+{
+    if (plans->change == nullptr) {
+        Oid types[2] = {target.key_arg_type, amount.type};
+        plans->change =
+            pg::prepare_kept(psprintf("UPDATE %s SET %s = %s - $2 WHERE %s AND %s >= $2 RETURNING %s",
+                                      target.target_sql, amount.sql, amount.sql, pg::key_condition(target),
+                                      amount.sql, amount.sql),
+                             2, types);
+    }
+    return plans->change;
+}
+
+SPIPlanPtr look_plan(const pg::RowTarget& target, pg::CachedPlans* plans)
+{
+    if (plans->look == nullptr) {
+        Oid types[1] = {target.key_arg_type};
+        plans->look = pg::prepare_kept(
+            psprintf("SELECT FROM %s WHERE %s", target.target_sql, pg::key_condition(target)), 1, types);
+    }
+    return plans->look;
+}
+
 }  // namespace
 }  // namespace idem
 
@@ -113,52 +150,24 @@ IDEM_SQL_FUNCTION(idem_decrement)
         if (SPI_connect() != SPI_OK_CONNECT)
             elog(ERROR, "pg_idem: SPI_connect failed");
         pg::CachedPlans* plans =
-            pg::cached_plans(pg::PlanKey{target.relid, target.key_att, amount.att, target.key_arg_type, decrement_plans});
-        pg::require_unique_key(target, plans);
-        if (plans->change == nullptr) {
-            Oid types[2] = {target.key_arg_type, amount.type};
-            plans->change = pg::prepare_kept(
-                psprintf("UPDATE %s SET %s = %s - $2 WHERE %s AND %s >= $2 RETURNING %s", target.rel_sql,
-                         amount.sql, amount.sql, pg::key_condition(target), amount.sql, amount.sql),
-                2, types);
-            plans->look = pg::prepare_kept(
-                psprintf("SELECT %s >= $2 FROM %s WHERE %s", amount.sql, target.rel_sql, pg::key_condition(target)),
-                2, types);
-        }
-
+            pg::cached_plans(pg::PlanKey{target.relid, target.key_column.att, amount.att, target.key_arg_type, decrement_plans});
+        pg::check_target(target, plans);
         Datum values[2] = {target.key, by};
-        for (int round = 0; round < max_rounds; round++) {
-            int rc = SPI_execute_plan(plans->change, values, nullptr, false, 0);
-            if (rc != SPI_OK_UPDATE_RETURNING)
-                elog(ERROR, "pg_idem: decrement UPDATE failed: %s", SPI_result_code_string(rc));
-            if (SPI_processed == 1) {
-                bool isnull;
-                Datum left = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-                Datum result = SPI_datumTransfer(as_numeric(left, amount.type), false, -1);
-                SPI_finish();
-                stats::count(stats::decrement_done);
-                return result;
-            }
-            // Nothing changed: short, or no such row (also one the caller
-            // may not see through row-level security, as with plain SQL).
-            rc = SPI_execute_plan(plans->look, values, nullptr, false, 0);
-            if (rc != SPI_OK_SELECT)
-                elog(ERROR, "pg_idem: decrement look-up failed: %s", SPI_result_code_string(rc));
-            if (SPI_processed == 0)
-                ereport(ERROR, (errcode(ERRCODE_NO_DATA_FOUND),
-                                errmsg("no row of \"%s\" has %s = %s", target.rel_name, target.key_name,
-                                       pg::key_for_message(target))));
-            bool isnull;
-            bool enough = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-            if (isnull || !enough) {
-                SPI_finish();
-                stats::count(stats::decrement_insufficient);
-                PG_RETURN_NULL();
-            }
-            // The amount grew since the UPDATE looked: try again.
+        if (pg::run_change(target, change_plan(target, amount, plans), values) == 1) {
+            Datum result = new_amount(target, amount);
+            SPI_finish();
+            stats::count(stats::decrement_done);
+            return result;
         }
-        ereport(ERROR, (errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-                        errmsg("could not decrement %s of \"%s\": the row kept changing", amount.name, target.rel_name)));
-        pg_unreachable();
+        // Nothing changed. Under READ COMMITTED the UPDATE judged the newest
+        // committed version of the row, so its answer stands and is never
+        // retried: the look-up only tells "no row" (P0002) from "the row was
+        // not decremented" (NULL) -- it held less than n, or a BEFORE
+        // trigger or a row-level security policy for UPDATE kept it as it
+        // was, where plain SQL says UPDATE 0.
+        pg::run_look(target, look_plan(target, plans), values);
+        SPI_finish();
+        stats::count(stats::decrement_insufficient);
+        PG_RETURN_NULL();
     });
 }

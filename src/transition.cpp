@@ -1,7 +1,8 @@
 // idem_transition: "is it already in the target state?" (SPEC "State
 // transitions") as one atomic
-//   UPDATE rel SET state = to WHERE key = $key AND state = from RETURNING true
-// in the caller's transaction, with the caller's rights. A repeated request
+//   UPDATE [ONLY] rel SET state = to WHERE key = $key AND state = from RETURNING true
+// in the caller's transaction, with the caller's rights, answered after
+// that one UPDATE. A repeated request
 // finds the row already in `to` and changes nothing (false); two racing
 // transitions serialise on the row lock and the second re-checks `state =
 // from` against what the first committed, so exactly one of them moves it.
@@ -13,18 +14,55 @@ extern "C" {
 #include "catalog/pg_type.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/typcache.h"
 }
 
 namespace idem {
 namespace {
 
 constexpr int transition_plans = 2;  // PlanKey::kind
-constexpr int max_rounds = 100;
 
-// States compare byte for byte, as labels.
-bool same_state(Datum a, Datum b)
+// Whether from_state and to_state name the same state in the column's type
+// and collation (boolean 'true' and 't', citext 'Paid' and 'paid'), as the
+// UPDATE's `=` will compare them. A type without an equality operator
+// compares the labels byte for byte; its UPDATE will fail anyway (42883).
+bool same_state(Datum from, Datum to, const pg::Column& state)
 {
-    return DatumGetBool(DirectFunctionCall2Coll(texteq, C_COLLATION_OID, a, b));
+    TypeCacheEntry* type = lookup_type_cache(state.type, TYPECACHE_EQ_OPR_FINFO);
+    if (!OidIsValid(type->eq_opr_finfo.fn_oid))
+        return DatumGetBool(DirectFunctionCall2Coll(texteq, C_COLLATION_OID, from, to));
+    Oid input;
+    Oid ioparam;
+    getTypeInputInfo(state.type, &input, &ioparam);
+    Datum a = OidInputFunctionCall(input, TextDatumGetCString(from), ioparam, -1);
+    Datum b = OidInputFunctionCall(input, TextDatumGetCString(to), ioparam, -1);
+    return DatumGetBool(FunctionCall2Coll(&type->eq_opr_finfo, state.collation, a, b));
+}
+
+// The statements of a transition. States arrive as text and are compared in
+// the column's base type, without its length (text, char(n), an enum: an
+// unknown label is 22P02); storing one checks the column's length and
+// domain. The look-up returns the state as text for messages, and whether
+// it is to_state and from_state, compared as the UPDATE compares.
+enum class Statement { change, look };
+
+SPIPlanPtr plan(Statement which, const pg::RowTarget& target, const pg::Column& state, pg::CachedPlans* plans)
+{
+    SPIPlanPtr* slot = which == Statement::change ? &plans->change : &plans->look;
+    if (*slot == nullptr) {
+        const char* type = pg::type_sql(state.type);
+        const char* sql =
+            which == Statement::change
+                ? psprintf("UPDATE %s SET %s = CAST($3 AS %s) WHERE %s AND %s = CAST($2 AS %s) RETURNING true",
+                           target.target_sql, state.sql, type, pg::key_condition(target), state.sql, type)
+                : psprintf("SELECT CAST(%s AS pg_catalog.text), %s = CAST($3 AS %s), %s = CAST($2 AS %s) "
+                           "FROM %s WHERE %s",
+                           state.sql, state.sql, type, state.sql, type, target.target_sql,
+                           pg::key_condition(target));
+        Oid types[3] = {target.key_arg_type, TEXTOID, TEXTOID};
+        *slot = pg::prepare_kept(sql, 3, types);
+    }
+    return *slot;
 }
 
 Datum state_arg(FunctionCallInfo fcinfo, int argno, const char* name)
@@ -48,65 +86,54 @@ IDEM_SQL_FUNCTION(idem_transition)
         pg::Column state = pg::target_column(target, fcinfo, 3, "state_column");
         Datum from = state_arg(fcinfo, 4, "from_state");
         Datum to = state_arg(fcinfo, 5, "to_state");
-        if (same_state(from, to))
+        if (same_state(from, to, state))
             ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-                            errmsg("from_state and to_state are both \"%s\"", TextDatumGetCString(from)),
+                            errmsg("from_state %s and to_state %s name the same state of column \"%s\"",
+                                   quote_literal_cstr(TextDatumGetCString(from)),
+                                   quote_literal_cstr(TextDatumGetCString(to)), state.name),
                             errhint("A transition moves a row from one state to another.")));
 
         if (SPI_connect() != SPI_OK_CONNECT)
             elog(ERROR, "pg_idem: SPI_connect failed");
         pg::CachedPlans* plans =
-            pg::cached_plans(pg::PlanKey{target.relid, target.key_att, state.att, target.key_arg_type, transition_plans});
-        pg::require_unique_key(target, plans);
-        if (plans->change == nullptr) {
-            // States arrive as text and are compared in the column's type
-            // (text, varchar, an enum: an unknown label is 22P02).
-            const char* state_type = format_type_be_qualified(state.declared_type);
-            Oid types[3] = {target.key_arg_type, TEXTOID, TEXTOID};
-            plans->change = pg::prepare_kept(
-                psprintf("UPDATE %s SET %s = CAST($3 AS %s) WHERE %s AND %s = CAST($2 AS %s) RETURNING true",
-                         target.rel_sql, state.sql, state_type, pg::key_condition(target), state.sql, state_type),
-                3, types);
-            plans->look = pg::prepare_kept(
-                psprintf("SELECT CAST(%s AS pg_catalog.text) FROM %s WHERE %s", state.sql, target.rel_sql,
-                         pg::key_condition(target)),
-                3, types);
-        }
-
+            pg::cached_plans(pg::PlanKey{target.relid, target.key_column.att, state.att, target.key_arg_type, transition_plans});
+        pg::check_target(target, plans);
         Datum values[3] = {target.key, from, to};
-        for (int round = 0; round < max_rounds; round++) {
-            int rc = SPI_execute_plan(plans->change, values, nullptr, false, 0);
-            if (rc != SPI_OK_UPDATE_RETURNING)
-                elog(ERROR, "pg_idem: transition UPDATE failed: %s", SPI_result_code_string(rc));
-            if (SPI_processed == 1) {
-                SPI_finish();
-                PG_RETURN_BOOL(true);
-            }
-            rc = SPI_execute_plan(plans->look, values, nullptr, false, 0);
-            if (rc != SPI_OK_SELECT)
-                elog(ERROR, "pg_idem: transition look-up failed: %s", SPI_result_code_string(rc));
-            if (SPI_processed == 0)
-                ereport(ERROR, (errcode(ERRCODE_NO_DATA_FOUND),
-                                errmsg("no row of \"%s\" has %s = %s", target.rel_name, target.key_name,
-                                       pg::key_for_message(target))));
-            bool isnull;
-            Datum current = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-            if (!isnull && same_state(current, to)) {
-                SPI_finish();
-                PG_RETURN_BOOL(false);  // already there: a repeated request
-            }
-            if (isnull || !same_state(current, from))
-                ereport(ERROR, (errcode(IDEM_ERRCODE_WRONG_STATE),
-                                errmsg("row of \"%s\" with %s = %s is in state %s, not %s", target.rel_name,
-                                       target.key_name, pg::key_for_message(target),
-                                       isnull ? "NULL" : quote_literal_cstr(TextDatumGetCString(current)),
-                                       quote_literal_cstr(TextDatumGetCString(from))),
-                                errhint("A transition to \"%s\" starts from \"%s\".", TextDatumGetCString(to),
-                                        TextDatumGetCString(from))));
-            // Back in from_state since the UPDATE looked: try again.
+        if (pg::run_change(target, plan(Statement::change, target, state, plans), values) == 1) {
+            SPI_finish();
+            PG_RETURN_BOOL(true);
         }
-        ereport(ERROR, (errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-                        errmsg("could not move the row of \"%s\": its state kept changing", target.rel_name)));
+        // Nothing changed. Under READ COMMITTED the UPDATE judged the newest
+        // committed version of the row, so its answer stands and is never
+        // retried; the look-up tells why.
+        pg::run_look(target, plan(Statement::look, target, state, plans), values);
+        bool isnull;
+        Datum current = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+        const char* current_state = isnull ? "NULL" : quote_literal_cstr(TextDatumGetCString(current));
+        bool unknown;  // a NULL state is neither
+        bool at_to = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &unknown));
+        bool at_from = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &unknown));
+        if (!isnull && at_to) {
+            SPI_finish();
+            PG_RETURN_BOOL(false);  // already there: a repeated request
+        }
+        const char* from_state = quote_literal_cstr(TextDatumGetCString(from));
+        // In from_state and still not moved: a BEFORE trigger or a row-level
+        // security policy for UPDATE kept the row as it was (plain SQL's
+        // UPDATE 0). Never false, which would tell the caller it is done.
+        if (!isnull && at_from)
+            ereport(ERROR, (errcode(IDEM_ERRCODE_WRONG_STATE),
+                            errmsg("row of \"%s\" with %s = %s is in state %s, but the UPDATE to %s changed nothing",
+                                   target.rel_name, target.key_column.name, pg::key_for_message(target),
+                                   current_state, quote_literal_cstr(TextDatumGetCString(to))),
+                            errhint("A BEFORE UPDATE trigger or a row-level security policy for UPDATE kept the "
+                                    "row as it was, or another transaction moved it back to %s meanwhile.",
+                                    from_state)));
+        ereport(ERROR, (errcode(IDEM_ERRCODE_WRONG_STATE),
+                        errmsg("row of \"%s\" with %s = %s is in state %s, not %s", target.rel_name,
+                               target.key_column.name, pg::key_for_message(target), current_state, from_state),
+                        errhint("A transition to \"%s\" starts from \"%s\".", TextDatumGetCString(to),
+                                TextDatumGetCString(from))));
         pg_unreachable();
     });
 }

@@ -84,7 +84,8 @@ IDEM_SQL_FUNCTION(idem_version_guard)
         int att = SPI_fnumber(RelationGetDescr(rel), column);
         if (att <= 0)
             misused(psprintf("found no column \"%s\" in \"%s\"", column, RelationGetRelationName(rel)));
-        Oid type = getBaseType(SPI_gettypeid(RelationGetDescr(rel), att));
+        Oid declared_type = SPI_gettypeid(RelationGetDescr(rel), att);
+        Oid type = getBaseType(declared_type);
         if (type != INT2OID && type != INT4OID && type != INT8OID)
             misused(psprintf("needs an integer version column; \"%s\" is %s", column, format_type_be(type)));
 
@@ -111,6 +112,10 @@ IDEM_SQL_FUNCTION(idem_version_guard)
         int cols[1] = {att};
         Datum values[1] = {version_datum(old_null ? 1 : old_v + 1, type)};
         bool nulls[1] = {false};
+        // The version we write bypasses the UPDATE's own checks of a domain
+        // column: check its constraints here (23514, 23502 as for any write).
+        if (declared_type != type)
+            domain_check(values[0], false, declared_type, &fcinfo->flinfo->fn_extra, fcinfo->flinfo->fn_mcxt);
         HeapTuple result = heap_modify_tuple_by_cols(new_row, RelationGetDescr(rel), 1, cols, values, nulls);
         return PointerGetDatum(result);
     });

@@ -3,10 +3,14 @@
 extern "C" {
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "access/xact.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_index.h"
+#include "catalog/pg_type.h"
 #include "nodes/pg_list.h"
 #include "parser/parse_coerce.h"
+#include "rewrite/prs2lock.h"
+#include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
@@ -24,24 +28,84 @@ namespace {
 
 HTAB* plans = nullptr;  // PlanKey -> CachedPlans, in CacheMemoryContext
 
-// A relation changed (ALTER TABLE, DROP, a new or dropped index, VACUUM's
-// statistics): its entries must be validated and prepared again. The plans
-// may be running right now (invalidations arrive while locks are taken), so
-// they are only marked here and freed by the next cached_plans().
-void relation_changed(Datum, Oid relid)
+// Plans replaced while one of them may still be running further up the
+// stack: a trigger of the helper's own UPDATE can change the table's catalog
+// entry (GRANT, an ANALYZE, or a cache reset) and call the helper again,
+// which prepares afresh. They are freed when the top-level transaction ends,
+// when no helper can be running.
+List* retired = NIL;  // of SPIPlanPtr, in CacheMemoryContext
+bool some_entry_stale = false;  // since the last transaction end
+
+void retire(SPIPlanPtr plan)
+{
+    if (plan == nullptr)
+        return;
+    MemoryContext old = MemoryContextSwitchTo(CacheMemoryContext);
+    retired = lappend(retired, plan);
+    MemoryContextSwitchTo(old);
+}
+
+void mark_stale(Oid relid)
 {
     if (plans == nullptr)
         return;
     HASH_SEQ_STATUS scan;
     hash_seq_init(&scan, plans);
     while (auto* entry = static_cast<CachedPlans*>(hash_seq_search(&scan)))
-        if (relid == InvalidOid || entry->key.relid == relid)
+        if (relid == InvalidOid || entry->key.relid == relid) {
             entry->stale = true;
+            some_entry_stale = true;
+        }
 }
 
-bool has_unique_index_on(Oid relid, AttrNumber att)
+// A relation changed (ALTER TABLE, DROP, a new or dropped index or rule,
+// GRANT, VACUUM's statistics), or all did (InvalidOid: a cache reset): its
+// entries must be validated and prepared again. The plans may be running
+// right now (invalidations arrive while locks are taken), so they are only
+// marked here.
+void relation_changed(Datum, Oid relid)
 {
-    Relation rel = table_open(relid, AccessShareLock);
+    mark_stale(relid);
+}
+
+// A schema was renamed or dropped: the plans' SQL names its tables by
+// schema, and PostgreSQL re-parses that SQL when it replans.
+void schema_changed(Datum, int, uint32)
+{
+    mark_stale(InvalidOid);
+}
+
+// At the end of a top-level transaction no helper is running: free the
+// retired plans, and drop the stale entries with theirs, so that a dropped
+// table leaves nothing behind (a stale entry of a live table is simply
+// prepared again on its next use).
+void at_transaction_end(XactEvent event, void*)
+{
+    if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_ABORT && event != XACT_EVENT_PREPARE)
+        return;
+    ListCell* cell;
+    foreach (cell, retired)
+        SPI_freeplan(static_cast<SPIPlanPtr>(lfirst(cell)));
+    list_free(retired);
+    retired = NIL;
+    if (!some_entry_stale)
+        return;
+    HASH_SEQ_STATUS scan;
+    hash_seq_init(&scan, plans);
+    while (auto* entry = static_cast<CachedPlans*>(hash_seq_search(&scan))) {
+        if (!entry->stale)
+            continue;
+        if (entry->change != nullptr)
+            SPI_freeplan(entry->change);
+        if (entry->look != nullptr)
+            SPI_freeplan(entry->look);
+        hash_search(plans, &entry->key, HASH_REMOVE, nullptr);  // allowed for the current entry of a scan
+    }
+    some_entry_stale = false;
+}
+
+bool has_unique_index_on(Relation rel, AttrNumber att)
+{
     List* indexes = RelationGetIndexList(rel);
     bool found = false;
     ListCell* cell;
@@ -50,9 +114,9 @@ bool has_unique_index_on(Oid relid, AttrNumber att)
         if (!HeapTupleIsValid(tuple))
             continue;
         auto* index = reinterpret_cast<Form_pg_index>(GETSTRUCT(tuple));
-        // Exactly that column, enforced for every row: no expression, no
-        // predicate, valid, and unique.
-        if (index->indisunique && index->indisvalid && index->indnkeyatts == 1 &&
+        // Exactly that column, enforced for every row at every moment: no
+        // expression, no predicate, valid, unique and immediate.
+        if (index->indisunique && index->indimmediate && index->indisvalid && index->indnkeyatts == 1 &&
             index->indkey.values[0] == att && heap_attisnull(tuple, Anum_pg_index_indexprs, nullptr) &&
             heap_attisnull(tuple, Anum_pg_index_indpred, nullptr))
             found = true;
@@ -61,8 +125,30 @@ bool has_unique_index_on(Oid relid, AttrNumber att)
             break;
     }
     list_free(indexes);
-    table_close(rel, AccessShareLock);
     return found;
+}
+
+// Whether a rule replaces the table's UPDATE (DO INSTEAD): the helper would
+// then report what the rule did, not its UPDATE. (A DO ALSO rule runs
+// beside the UPDATE, whose result stands, as in plain SQL.)
+bool update_is_replaced_by_rule(Relation rel)
+{
+    if (rel->rd_rules == nullptr)
+        return false;
+    for (int i = 0; i < rel->rd_rules->numLocks; i++) {
+        const RewriteRule* rule = rel->rd_rules->rules[i];
+        if (rule->event == CMD_UPDATE && rule->isInstead)
+            return true;
+    }
+    return false;
+}
+
+[[noreturn]] void refuse_rewritten(const RowTarget& t)
+{
+    ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+                    errmsg("rel: the UPDATE of \"%s\" is replaced by an ON UPDATE DO INSTEAD rule", t.rel_name),
+                    errhint("The helpers need a table whose UPDATE runs as written.")));
+    pg_unreachable();
 }
 
 Column column_of(Oid relid, const char* rel_name, Name name)
@@ -78,10 +164,67 @@ Column column_of(Oid relid, const char* rel_name, Name name)
     Oid collation;
     get_atttypetypmodcoll(relid, c.att, &type, &typmod, &collation);
     c.declared_type = type;
-    c.type = getBaseType(type);
+    // A domain column's own typmod is -1: the base type's typmod (the scale
+    // of a domain over numeric(10, 2)) is the domain's.
+    c.type = getBaseTypeAndTypmod(type, &typmod);
     c.typmod = typmod;
+    c.collation = collation;
     c.sql = quote_identifier(c.name);
     return c;
+}
+
+bool is_integer_type(Oid type)
+{
+    return type == INT2OID || type == INT4OID || type == INT8OID;
+}
+
+bool is_float_type(Oid type)
+{
+    return type == FLOAT4OID || type == FLOAT8OID;
+}
+
+// Whether a key of type `from` converts to the key column's type `to`
+// without losing anything, so that it addresses the row plain SQL's
+// `WHERE key_column = key` would, or none -- never another one (SPEC: "key
+// is compared in the key column's type (not convertible -> 42804)"):
+// * the same type, or a binary-coercible one (varchar for a text column);
+// * a string, which the column type's own input parses (bad input: 22P02);
+// * an integer for an integer column (a narrowing overflows: 22003) or for
+//   a string column (its digits);
+// * an implicit cast (integer to numeric, date to timestamp): PostgreSQL
+//   keeps those for conversions that lose nothing -- except into floating
+//   point, which rounds large integers and decimals.
+// Refused: numeric or float into an integer (1.6 would address 2),
+// timestamp into date, and whatever else converts only by assignment.
+bool key_converts_exactly(Oid from, Oid to)
+{
+    if (from == to || IsBinaryCoercible(from, to))
+        return true;
+    if (TypeCategory(from) == TYPCATEGORY_STRING)
+        return true;
+    if (is_float_type(to))
+        return is_float_type(from);
+    if (is_integer_type(from) && (is_integer_type(to) || TypeCategory(to) == TYPCATEGORY_STRING))
+        return true;
+    return can_coerce_type(1, &from, &to, COERCION_IMPLICIT);
+}
+
+// Takes the lock the UPDATE will take before anything is read from the
+// catalog, as the UPDATE's own parser does: an ALTER TABLE or DROP TABLE of
+// another session then commits before we look, never between our look and
+// the UPDATE, so the column types read afterwards are the ones the plan runs
+// with. Returns the relkind; the table may have gone while we waited.
+char lock_target(Oid relid)
+{
+    const char* name_before = get_rel_name(relid);
+    LockRelationOid(relid, RowExclusiveLock);  // also applies the invalidations that came meanwhile
+    char kind = get_rel_relkind(relid);
+    if (kind == '\0' && name_before != nullptr)
+        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE),
+                        errmsg("rel: relation \"%s\" was dropped meanwhile", name_before)));
+    if (kind == '\0')
+        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE), errmsg("rel: relation with OID %u does not exist", relid)));
+    return kind;
 }
 
 Name name_arg(FunctionCallInfo fcinfo, int argno, const char* arg_name)
@@ -96,6 +239,8 @@ Name name_arg(FunctionCallInfo fcinfo, int argno, const char* arg_name)
 void row_target_init()
 {
     CacheRegisterRelcacheCallback(relation_changed, 0);
+    CacheRegisterSyscacheCallback(NAMESPACEOID, schema_changed, 0);
+    RegisterXactCallback(at_transaction_end, nullptr);
 }
 
 RowTarget row_target(FunctionCallInfo fcinfo, int rel_argno, int key_column_argno, int key_argno)
@@ -104,31 +249,35 @@ RowTarget row_target(FunctionCallInfo fcinfo, int rel_argno, int key_column_argn
     if (PG_ARGISNULL(rel_argno))
         ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("rel must not be NULL")));
     t.relid = PG_GETARG_OID(rel_argno);
-    char kind = get_rel_relkind(t.relid);
-    if (kind == '\0')
-        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE), errmsg("rel: relation with OID %u does not exist", t.relid)));
+    char kind = lock_target(t.relid);
     t.rel_name = get_rel_name(t.relid);
     if (kind != RELKIND_RELATION && kind != RELKIND_PARTITIONED_TABLE)
         ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE),
                         errmsg("rel: \"%s\" is not a table", t.rel_name),
                         errhint("Pass a table or a partitioned table.")));
     t.rel_sql = quote_qualified_identifier(get_namespace_name(get_rel_namespace(t.relid)), t.rel_name);
+    t.target_sql = kind == RELKIND_RELATION ? psprintf("ONLY %s", t.rel_sql) : t.rel_sql;
 
-    Column key_column = column_of(t.relid, t.rel_name, name_arg(fcinfo, key_column_argno, "key_column"));
-    t.key_att = key_column.att;
-    t.key_type = key_column.declared_type;
-    t.key_sql = key_column.sql;
-    t.key_name = key_column.name;
+    t.key_column = column_of(t.relid, t.rel_name, name_arg(fcinfo, key_column_argno, "key_column"));
+    const Column& key_column = t.key_column;
 
     if (PG_ARGISNULL(key_argno))
         ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("key must not be NULL")));
     t.key = PG_GETARG_DATUM(key_argno);
     t.key_arg_type = get_fn_expr_argtype(fcinfo->flinfo, key_argno);
-    if (t.key_arg_type != t.key_type && !can_coerce_type(1, &t.key_arg_type, &t.key_type, COERCION_ASSIGNMENT))
+    Oid key_type = getBaseType(t.key_arg_type);
+    if (!key_converts_exactly(key_type, key_column.type)) {
+        bool by_rounding = can_coerce_type(1, &key_type, &key_column.type, COERCION_ASSIGNMENT);
         ereport(ERROR, (errcode(ERRCODE_DATATYPE_MISMATCH),
                         errmsg("key of type %s cannot be compared with column \"%s\" of type %s",
-                               format_type_be(t.key_arg_type), t.key_name, format_type_be(t.key_type)),
-                        errhint("Pass the key as a %s.", format_type_be(t.key_type))));
+                               format_type_be(t.key_arg_type), key_column.name,
+                               format_type_be(key_column.declared_type)),
+                        by_rounding ? errdetail("Converting %s to %s can round or cut the key, which would "
+                                                "address another row.",
+                                                format_type_be(key_type), format_type_be(key_column.type))
+                                    : 0,
+                        errhint("Pass the key as %s.", format_type_be(key_column.declared_type))));
+    }
     return t;
 }
 
@@ -139,7 +288,13 @@ Column target_column(const RowTarget& target, FunctionCallInfo fcinfo, int argno
 
 const char* key_condition(const RowTarget& t)
 {
-    return psprintf("%s = CAST($1 AS %s)", t.key_sql, format_type_be_qualified(t.key_type));
+    return psprintf("%s = CAST($1 AS %s)", t.key_column.sql, type_sql(t.key_column.type));
+}
+
+const char* type_sql(Oid type)
+{
+    // "Typmod given, and it is -1" is how format_type asks for the bare name.
+    return format_type_extended(type, -1, FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY);
 }
 
 const char* key_for_message(const RowTarget& t)
@@ -164,31 +319,61 @@ CachedPlans* cached_plans(const PlanKey& key)
     bool found;
     auto* entry = static_cast<CachedPlans*>(hash_search(plans, &key, HASH_ENTER, &found));
     if (found && entry->stale) {
-        if (entry->change != nullptr)
-            SPI_freeplan(entry->change);
-        if (entry->look != nullptr)
-            SPI_freeplan(entry->look);
+        retire(entry->change);
+        retire(entry->look);
     }
     if (!found || entry->stale) {
         entry->change = nullptr;
         entry->look = nullptr;
-        entry->unique_key_checked = false;
+        entry->target_checked = false;
         entry->stale = false;
     }
     return entry;
 }
 
-void require_unique_key(const RowTarget& t, CachedPlans* plans)
+void check_target(const RowTarget& t, CachedPlans* plans)
 {
-    if (plans->unique_key_checked)
+    if (plans->target_checked)
         return;
-    if (!has_unique_index_on(t.relid, t.key_att))
+    Relation rel = table_open(t.relid, NoLock);  // locked by row_target()
+    bool unique = has_unique_index_on(rel, t.key_column.att);
+    bool replaced = update_is_replaced_by_rule(rel);
+    table_close(rel, NoLock);
+    if (!unique)
         ereport(ERROR, (errcode(ERRCODE_INVALID_COLUMN_REFERENCE),
                         errmsg("key_column \"%s\" of \"%s\" has no unique index or primary key of its own",
-                               t.key_name, t.rel_name),
-                        errhint("The key must address exactly one row: CREATE UNIQUE INDEX ON %s (%s).",
-                                t.rel_sql, t.key_sql)));
-    plans->unique_key_checked = true;
+                               t.key_column.name, t.rel_name),
+                        errhint("The key must address exactly one row: CREATE UNIQUE INDEX ON %s (%s) "
+                                "(not DEFERRABLE, no WHERE).",
+                                t.rel_sql, t.key_column.sql)));
+    if (replaced)
+        refuse_rewritten(t);
+    plans->target_checked = true;
+}
+
+uint64 run_change(const RowTarget& t, SPIPlanPtr change, Datum* values)
+{
+    int rc = SPI_execute_plan(change, values, nullptr, false, 0);
+    if (rc == SPI_OK_REWRITTEN)  // check_target() refused such a table; in case a rule came since
+        refuse_rewritten(t);
+    if (rc != SPI_OK_UPDATE_RETURNING)
+        elog(ERROR, "pg_idem: UPDATE of \"%s\" failed: %s", t.rel_name, SPI_result_code_string(rc));
+    if (SPI_processed > 1)
+        ereport(ERROR, (errcode(ERRCODE_CARDINALITY_VIOLATION),
+                        errmsg("UPDATE of \"%s\" with %s = %s changed " UINT64_FORMAT " rows, not one", t.rel_name,
+                               t.key_column.name, key_for_message(t), SPI_processed),
+                        errhint("key_column \"%s\" must address one row.", t.key_column.name)));
+    return SPI_processed;
+}
+
+void run_look(const RowTarget& t, SPIPlanPtr look, Datum* values)
+{
+    int rc = SPI_execute_plan(look, values, nullptr, false, 1);
+    if (rc != SPI_OK_SELECT)
+        elog(ERROR, "pg_idem: look-up in \"%s\" failed: %s", t.rel_name, SPI_result_code_string(rc));
+    if (SPI_processed == 0)
+        ereport(ERROR, (errcode(ERRCODE_NO_DATA_FOUND),
+                        errmsg("no row of \"%s\" has %s = %s", t.rel_name, t.key_column.name, key_for_message(t))));
 }
 
 SPIPlanPtr prepare_kept(const char* sql, int nargs, Oid* argtypes)
@@ -198,6 +383,7 @@ SPIPlanPtr prepare_kept(const char* sql, int nargs, Oid* argtypes)
         elog(ERROR, "pg_idem: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
     if (SPI_keepplan(plan) != 0)
         elog(ERROR, "pg_idem: SPI_keepplan failed");
+    elog(DEBUG1, "pg_idem: prepared %s", sql);
     return plan;
 }
 

@@ -17,45 +17,63 @@ extern "C" {
 
 namespace idem::pg {
 
-struct RowTarget {
-    Oid relid;
-    const char* rel_sql;       // quoted schema.name
-    const char* rel_name;      // for messages
-    AttrNumber key_att;
-    Oid key_type;              // the key column's type
-    const char* key_sql;       // quoted column name
-    const char* key_name;
-    Oid key_arg_type;          // the type the caller passed the key as
-    Datum key;
-};
-
 // A column of the target's relation: its number, base type and typmod.
 struct Column {
     AttrNumber att;
     Oid type;       // base type (a domain's underlying type)
     Oid declared_type;
-    int32 typmod;
+    int32 typmod;   // of the base type (a domain's typmod)
+    Oid collation;
     const char* sql;   // quoted
     const char* name;
 };
 
-// Validates rel (22004 NULL, 42P01 missing, 42809 not a table), key_column
-// (22004, 42703) and key (22004 NULL, 42804 not comparable in the column's
-// type). require_unique_key() checks the index.
+struct RowTarget {
+    Oid relid;
+    const char* rel_sql;       // quoted schema.name
+    // The rows the helper's statements address: ONLY the table itself for a
+    // plain table, whose unique index does not reach its inheritance
+    // children; the whole of a partitioned table, whose unique index covers
+    // every partition.
+    const char* target_sql;
+    const char* rel_name;      // for messages
+    Column key_column;
+    Oid key_arg_type;          // the type the caller passed the key as
+    Datum key;
+};
+
+// Locks rel as the UPDATE will (RowExclusiveLock, held to the end of the
+// transaction) and only then validates rel (22004 NULL, 42P01 missing or
+// dropped while we waited, 42809 not a table), key_column (22004, 42703) and
+// key (22004 NULL, 42804 not comparable in the column's type).
+// check_target() checks the index and rules.
 RowTarget row_target(FunctionCallInfo fcinfo, int rel_argno, int key_column_argno, int key_argno);
 
 // A further column of the target's relation (22004 NULL name, 42703 missing).
 Column target_column(const RowTarget& target, FunctionCallInfo fcinfo, int argno, const char* arg_name);
 
-// "WHERE <key> = CAST($1 AS <key type>)": the key compared in the column's type.
+// "<key> = CAST($1 AS <key type>)": the key compared in the column's type.
 const char* key_condition(const RowTarget& target);
+
+// `type` as SQL names it without a typmod, schema-qualified: pg_catalog.bpchar
+// and pg_catalog."bit", never `character` or `bit`, which SQL reads as
+// char(1) and bit(1) and which would cut a value to one character.
+const char* type_sql(Oid type);
 
 // The key as a message shows it.
 const char* key_for_message(const RowTarget& target);
 
 // Per-backend plans for helper statements, keyed by what shapes them (the
-// relation, columns and types); dropped when the relation changes (ALTER
-// TABLE, DROP, a new index), so the next call validates and prepares afresh.
+// relation, columns and types). When the relation changes (ALTER TABLE,
+// DROP, a new index, a renamed schema) the entry goes stale: its next use
+// validates and prepares afresh. A plan is freed only when the top-level
+// transaction ends, since a helper's UPDATE may be running it further up the
+// stack; a dropped table's entry goes then too.
+//
+// Each plan slot is filled only with a complete, kept plan and is prepared
+// when first needed: an error (a cancel) while preparing leaves it NULL,
+// never half an entry, and the look-up is prepared only by a call that
+// needs it.
 struct PlanKey {
     Oid relid;
     AttrNumber key_att;
@@ -65,19 +83,31 @@ struct PlanKey {
 };
 struct CachedPlans {
     PlanKey key;
-    SPIPlanPtr change;  // the one-statement UPDATE ... RETURNING
-    SPIPlanPtr look;    // what the row holds when the UPDATE changed nothing
-    bool unique_key_checked;
+    SPIPlanPtr change;  // the one-statement UPDATE ... RETURNING; NULL until prepared
+    SPIPlanPtr look;    // what the row holds when the UPDATE changed nothing; NULL until needed
+    bool target_checked;  // check_target() passed
     bool stale;         // the relation changed since
 };
 
 void row_target_init();
-// The cached plans for `key`, or an entry with both plans NULL to fill.
+// The cached plans for `key`, or an entry with both plans NULL to fill. A
+// caller copies the plans it runs: a nested call may replace them meanwhile.
 CachedPlans* cached_plans(const PlanKey& key);
-// 42P10 unless the key column carries a unique index or primary key on
-// exactly that column (checked once per cached entry).
-void require_unique_key(const RowTarget& target, CachedPlans* plans);
-// SPI_prepare + SPI_keepplan, with the caller's search path.
+// What the plans rely on, checked once per cached entry: 42P10 unless the
+// key column carries a unique index or primary key on exactly that column,
+// immediate (a DEFERRABLE one lets two rows share a key until commit),
+// without predicate or expression; 0A000 if an ON UPDATE DO INSTEAD rule
+// replaces the UPDATE.
+void check_target(const RowTarget& target, CachedPlans* plans);
+// Runs a helper's UPDATE ... RETURNING and returns how many rows it changed:
+// 0 or 1. More would mean the key did not address one row after all: 21000,
+// which aborts the write rather than report or repeat it.
+uint64 run_change(const RowTarget& target, SPIPlanPtr change, Datum* values);
+// Runs the look-up a helper makes when its UPDATE changed nothing: P0002
+// when no row has the key (none the caller may see, as with plain SQL);
+// otherwise the row is in SPI_tuptable.
+void run_look(const RowTarget& target, SPIPlanPtr look, Datum* values);
+// SPI_prepare + SPI_keepplan, with the caller's search path (DEBUG1 says so).
 SPIPlanPtr prepare_kept(const char* sql, int nargs, Oid* argtypes);
 
 }  // namespace idem::pg
