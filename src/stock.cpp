@@ -85,8 +85,10 @@ int max_items = 10000;  // pg_idem.max_stock_items
 shmem_request_hook_type prev_shmem_request_hook = nullptr;
 shmem_startup_hook_type prev_shmem_startup_hook = nullptr;
 
-// This transaction's takes and adds, settled when it ends. In
-// TopTransactionContext; reset by the transaction callbacks.
+// This transaction's takes and adds, settled when it ends. The array lives
+// in TopMemoryContext for the whole session, so that no path out of a
+// transaction (commit, abort, PREPARE) can leave it pointing at freed memory;
+// the transaction callbacks only reset n_changes.
 struct Change {
     Entry* entry;
     int64 delta;     // -n for a take, +n for an add
@@ -276,7 +278,7 @@ void make_room_for_change()
         return;
     int new_max = max_changes == 0 ? 8 : max_changes * 2;
     if (changes == nullptr)
-        changes = static_cast<Change*>(MemoryContextAlloc(TopTransactionContext, sizeof(Change) * new_max));
+        changes = static_cast<Change*>(MemoryContextAlloc(TopMemoryContext, sizeof(Change) * new_max));
     else
         changes = static_cast<Change*>(repalloc(changes, sizeof(Change) * new_max));
     max_changes = new_max;
@@ -309,13 +311,6 @@ void settle(const Change& change, bool committed)
     SpinLockRelease(&change.entry->mutex);
 }
 
-void forget_changes()
-{
-    changes = nullptr;  // freed with TopTransactionContext
-    n_changes = 0;
-    max_changes = 0;
-}
-
 void on_xact(XactEvent event, void*)
 {
     switch (event) {
@@ -327,9 +322,10 @@ void on_xact(XactEvent event, void*)
         break;
     case XACT_EVENT_COMMIT:
     case XACT_EVENT_ABORT:
+    case XACT_EVENT_PREPARE:  // PRE_PREPARE made sure nothing is left to settle
         for (int i = 0; i < n_changes; i++)
             settle(changes[i], event == XACT_EVENT_COMMIT);
-        forget_changes();
+        n_changes = 0;
         break;
     default:
         break;
