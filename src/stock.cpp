@@ -222,10 +222,15 @@ StockChange stock_change(FunctionCallInfo fcinfo, const char* function_name)
 }
 
 // The committed level from the tables; false if the item does not exist.
+// Read with the latest snapshot, never the caller's: what is loaded here
+// becomes the item's shared level for every transaction, and a caller's
+// REPEATABLE READ snapshot can be older than sales already committed (taken
+// on a standby before its promotion, say). The latest snapshot also sees this
+// transaction's own item row, so an add of a new item finds it.
 bool level_from_tables(Oid nsp, Datum item, int64* level)
 {
     Datum values[1] = {item};
-    if (pg::run(load_item, nsp, values, nullptr) == 0)
+    if (pg::run_latest(load_item, nsp, values, nullptr) == 0)
         return false;
     bool isnull;
     *level = DatumGetInt64(pg::result_value(0, 1, &isnull));
