@@ -60,6 +60,12 @@ SELECT idem_stock_add('ghost', 1);
 ROLLBACK;
 SELECT pg_temp.error_of($$SELECT idem_stock_take('ghost', 1)$$);
 SELECT pg_temp.error_of($$SELECT idem_stock_level('ghost')$$);
+-- Adding to it later creates it for real: its row commits with the add, so
+-- the ledger rows have an item row to be folded into (test/t/011).
+SELECT idem_stock_add('ghost', 5);
+SELECT idem_stock_take('ghost', 2);
+SELECT item, level FROM idem_stock_items WHERE item = 'ghost';
+SELECT idem_stock_level('ghost');
 
 -- Units added in this transaction are for sale once it commits.
 BEGIN;

@@ -105,6 +105,10 @@ pg::Statement load_item = {
     "FROM @extschema@.idem_stock_items i WHERE i.item = $1",
     1, {TEXTOID}};
 
+pg::Statement find_item = {
+    "SELECT FROM @extschema@.idem_stock_items WHERE item = $1",
+    1, {TEXTOID}};
+
 pg::Statement create_item = {
     "INSERT INTO @extschema@.idem_stock_items (item, level) VALUES ($1, 0) ON CONFLICT (item) DO NOTHING",
     1, {TEXTOID}};
@@ -120,14 +124,22 @@ pg::Statement all_items = {
     "ON l.item = i.item ORDER BY i.item",
     0, {}};
 
-// Move committed ledger rows into their items' levels, in one statement so
-// that the sum of an item's row and its ledger never changes.
+// Moves committed ledger rows into their items' levels, in one statement so
+// that an item's row plus its ledger never changes. It moves every committed
+// row of the items named in the first $1 ledger rows: the item's row plus all
+// of them is the item's committed level, which stays within bigint where a
+// partial sum might not. A ledger row whose item has no row is left alone:
+// no row is ever deleted without its delta being applied.
 pg::Statement fold_ledger = {
-    "WITH moved AS (DELETE FROM @extschema@.idem_stock_ledger "
-    "               WHERE ctid = ANY (ARRAY(SELECT ctid FROM @extschema@.idem_stock_ledger LIMIT $1)) "
-    "               RETURNING item, delta), "
-    "     sums AS (SELECT item, sum(delta)::bigint AS delta FROM moved GROUP BY item) "
-    "UPDATE @extschema@.idem_stock_items i SET level = i.level + s.delta FROM sums s WHERE i.item = s.item",
+    "WITH chosen AS (SELECT DISTINCT item FROM (SELECT item FROM @extschema@.idem_stock_ledger LIMIT $1) b), "
+    "     moved AS (DELETE FROM @extschema@.idem_stock_ledger l USING chosen c "
+    "               WHERE l.item = c.item "
+    "                 AND EXISTS (SELECT FROM @extschema@.idem_stock_items i WHERE i.item = c.item) "
+    "               RETURNING l.item, l.delta), "
+    "     sums AS (SELECT item, sum(delta) AS delta FROM moved GROUP BY item), "
+    "     applied AS (UPDATE @extschema@.idem_stock_items i SET level = i.level + s.delta "
+    "                 FROM sums s WHERE i.item = s.item) "
+    "SELECT count(*)::bigint FROM moved",
     1, {INT8OID}};
 
 void request_shmem()
@@ -235,6 +247,19 @@ bool level_from_tables(Oid nsp, Datum item, int64* level)
     bool isnull;
     *level = DatumGetInt64(pg::result_value(0, 1, &isnull));
     return true;
+}
+
+// Makes sure the item has a row in idem_stock_items, inserting it in the
+// caller's transaction if not. So every ledger row belongs to an item row
+// committed with it or before it, and the fold can apply it. (The row used to
+// be inserted only when shared memory had no entry for the item, but an entry
+// outlives a rolled-back add and is shared with a concurrent one.) ON
+// CONFLICT waits for a concurrent insert of the same row.
+void ensure_item_row(Oid nsp, Datum item)
+{
+    Datum values[1] = {item};
+    if (pg::run_latest(find_item, nsp, values, nullptr) == 0)
+        pg::run(create_item, nsp, values, nullptr);
 }
 
 // The item's entry, loaded from the tables if this server has not seen it
@@ -380,7 +405,9 @@ void init_preloaded()
 int64 fold_committed_ledger(Oid extension_namespace, int64 max_rows)
 {
     Datum values[1] = {Int64GetDatum(max_rows)};
-    return static_cast<int64>(pg::run(fold_ledger, extension_namespace, values, nullptr));
+    pg::run(fold_ledger, extension_namespace, values, nullptr);
+    bool isnull;
+    return DatumGetInt64(pg::result_value(0, 1, &isnull));
 }
 
 }  // namespace idem::stock
@@ -399,12 +426,10 @@ IDEM_SQL_FUNCTION(idem_stock_add)
         const EntryKey& key = c.key;
 
         connect_spi();
-        Datum item_values[1] = {item.datum};
+        ensure_item_row(nsp, item.datum);
         Entry* entry = entry_for(key, nsp, item.datum);
-        if (entry == nullptr) {
-            pg::run(create_item, nsp, item_values, nullptr);
-            entry = entry_for(key, nsp, item.datum);
-        }
+        if (entry == nullptr)
+            raise_unknown_item(item.item);  // its row was deleted under us
         int64 taken, delta;
         own_changes(entry, &taken, &delta);
         SpinLockAcquire(&entry->mutex);
