@@ -67,6 +67,16 @@ SELECT idem_stock_take('ghost', 2);
 SELECT item, level FROM idem_stock_items WHERE item = 'ghost';
 SELECT idem_stock_level('ghost');
 
+-- The level counts committed takes and adds only, as the idem_stock view
+-- does, also for an item that is sold out.
+SELECT idem_stock_add('vase', 1);
+SELECT idem_stock_take('vase', 1);
+BEGIN;
+SELECT idem_stock_add('vase', 5) AS level_seen_by_this_transaction;
+SELECT idem_stock_level('vase') AS committed_level, (SELECT level FROM idem_stock WHERE item = 'vase') AS view_level;
+COMMIT;
+SELECT idem_stock_level('vase') AS committed_level, (SELECT level FROM idem_stock WHERE item = 'vase') AS view_level;
+
 -- Units added in this transaction are for sale once it commits.
 BEGIN;
 SELECT idem_stock_add('lamp', 2);

@@ -249,6 +249,16 @@ bool level_from_tables(Oid nsp, Datum item, int64* level)
     return true;
 }
 
+// Whether the item has a row in idem_stock_items (committed, or this
+// transaction's own). Asked only where shared memory says 0: an add that
+// rolled back can leave an entry for an item that does not exist. Shared
+// memory alone says what the level is.
+bool item_exists(Oid nsp, Datum item)
+{
+    Datum values[1] = {item};
+    return pg::run_latest(find_item, nsp, values, nullptr) > 0;
+}
+
 // Makes sure the item has a row in idem_stock_items, inserting it in the
 // caller's transaction if not. So every ledger row belongs to an item row
 // committed with it or before it, and the fold can apply it. (The row used to
@@ -257,9 +267,10 @@ bool level_from_tables(Oid nsp, Datum item, int64* level)
 // CONFLICT waits for a concurrent insert of the same row.
 void ensure_item_row(Oid nsp, Datum item)
 {
-    Datum values[1] = {item};
-    if (pg::run_latest(find_item, nsp, values, nullptr) == 0)
+    if (!item_exists(nsp, item)) {
+        Datum values[1] = {item};
         pg::run(create_item, nsp, values, nullptr);
+    }
 }
 
 // The item's entry, loaded from the tables if this server has not seen it
@@ -493,13 +504,8 @@ IDEM_SQL_FUNCTION(idem_stock_take)
             // Short. Real when even the return of every other transaction's
             // units would not cover n (this transaction's own stay taken).
             if (level - taken < n) {
-                if (level == 0) {
-                    // An add that rolled back can leave an entry for an item
-                    // that does not exist.
-                    int64 ignored;
-                    if (!level_from_tables(nsp, item.datum, &ignored))
-                        raise_unknown_item(item.item);
-                }
+                if (level == 0 && !item_exists(nsp, item.datum))
+                    raise_unknown_item(item.item);
                 SPI_finish();
                 PG_RETURN_BOOL(false);
             }
@@ -544,7 +550,7 @@ IDEM_SQL_FUNCTION(idem_stock_level)
             SpinLockAcquire(&entry->mutex);
             level = entry->level;
             SpinLockRelease(&entry->mutex);
-            if (level == 0 && !level_from_tables(nsp, item.datum, &level))
+            if (level == 0 && !item_exists(nsp, item.datum))
                 raise_unknown_item(item.item);
         }
         SPI_finish();
