@@ -73,7 +73,8 @@ struct Entry {
     EntryKey key;
     slock_t mutex;  // guards the fields below
     int64 level;
-    int64 in_flight;
+    int64 in_flight;  // units taken by transactions still running
+    int64 adding;     // units added by transactions still running
     TransactionId holders[holder_slots];
     int next_holder;
 };
@@ -92,7 +93,7 @@ shmem_startup_hook_type prev_shmem_startup_hook = nullptr;
 struct Change {
     Entry* entry;
     int64 delta;     // -n for a take, +n for an add
-    bool reserved;   // a take: delta's units are counted in entry->in_flight
+    bool reserved;   // a take (counted in entry->in_flight), else an add (in entry->adding)
     SubTransactionId subid;
 };
 Change* changes = nullptr;
@@ -303,6 +304,7 @@ Entry* entry_for(const EntryKey& key, Oid nsp, Datum item)
         SpinLockInit(&entry->mutex);
         entry->level = level;
         entry->in_flight = 0;
+        entry->adding = 0;
         for (auto& h : entry->holders)
             h = InvalidTransactionId;
         entry->next_holder = 0;
@@ -349,6 +351,8 @@ void settle(const Change& change, bool committed)
         change.entry->level += change.delta;
     if (change.reserved)
         change.entry->in_flight += change.delta;
+    else
+        change.entry->adding -= change.delta;
     SpinLockRelease(&change.entry->mutex);
 }
 
@@ -443,17 +447,26 @@ IDEM_SQL_FUNCTION(idem_stock_add)
             raise_unknown_item(item.item);  // its row was deleted under us
         int64 taken, delta;
         own_changes(entry, &taken, &delta);
+        make_room_for_change();
+        // The level cannot pass the bigint range even if every add in flight
+        // commits: they are counted in `adding` as they are made.
         SpinLockAcquire(&entry->mutex);
         int64 level = entry->level;
+        int64 if_all_commit;
+        bool fits = !pg_add_s64_overflow(level, entry->adding, &if_all_commit) &&
+                    !pg_add_s64_overflow(if_all_commit, n, &if_all_commit);
+        if (fits) {
+            entry->adding += n;
+            changes[n_changes++] = Change{entry, n, false, GetCurrentSubTransactionId()};
+        }
         SpinLockRelease(&entry->mutex);
-        int64 seen;
-        if (pg_add_s64_overflow(level, delta, &seen) || pg_add_s64_overflow(seen, n, &seen))
+        if (!fits)
             ereport(ERROR, (errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
                             errmsg("n = " INT64_FORMAT " would take item %s beyond the bigint range", n,
-                                   pg::key_for_message(Key{item.item.text}))));
+                                   pg::key_for_message(Key{item.item.text})),
+                            errdetail("Units being added by transactions still in flight count too.")));
+        int64 seen = level + delta + n;  // within range: level + adding + n is
 
-        make_room_for_change();
-        changes[n_changes++] = Change{entry, n, false, GetCurrentSubTransactionId()};
         Datum ledger_values[2] = {item.datum, Int64GetDatum(n)};
         pg::run(append_ledger, nsp, ledger_values, nullptr);
         SPI_finish();
