@@ -9,21 +9,27 @@
 // rows in the background.
 //
 // Whether a take may proceed is decided in shared memory, where each item
-// has `level` (units after every committed take and add) and `in_flight`
-// (units taken by transactions still running). A take reserves units by
-// raising in_flight under a spinlock only while level - in_flight covers it;
-// its transaction's end settles the reservation: commit lowers level, abort
-// (or rollback of the savepoint) just gives the units back. So the level
-// never goes below zero and no unit is sold twice. When the units missing
-// are only held by transactions in flight, a take waits for one of them on
-// its transaction lock (which honours lock_timeout and deadlock detection)
-// and looks again: false means the shortfall is real.
+// has an entry: `level` (units after every committed take and add),
+// `in_flight` (units taken by transactions still running) and `adding` (units
+// added by transactions still running). A take reserves units by raising
+// in_flight under a spinlock only while level - in_flight covers it; its
+// transaction's end settles the reservation: commit lowers level, abort (or
+// rollback of the savepoint) just gives the units back. An add is counted in
+// `adding` the same way until it settles, so that level + adding bounds what
+// the level can become. So the level never goes below zero or beyond bigint,
+// and no unit is sold twice. When the units missing are only held by
+// transactions in flight, a take waits for one of them on its transaction
+// lock (which honours lock_timeout and deadlock detection) and looks again:
+// false means the shortfall is real.
 //
-// Shared memory is rebuilt from the tables on first use after a start, a
-// crash or a promotion: everything in flight then has ended, and the tables
-// hold exactly the committed state. A transaction holding units cannot be
-// prepared for two-phase commit (0A000): its reservation lives in this
-// backend, which a prepared transaction outlives.
+// Shared memory is a cache of the tables: an item's entry is loaded from them
+// on first use (after a start, a crash or a promotion, everything in flight
+// has ended and the tables hold exactly the committed state), and an entry
+// with nothing in flight may be evicted to make room for another item, to be
+// loaded again when it is next used (load_entry says why that is exact). A
+// transaction holding units cannot be prepared for two-phase commit (0A000):
+// its reservation lives in this backend, which a prepared transaction
+// outlives.
 #include "stock.hpp"
 
 #include "core/key.hpp"
@@ -59,6 +65,8 @@ extern "C" {
 namespace idem::stock {
 namespace {
 
+// ---- Shared memory --------------------------------------------------------
+
 // Recent takers of an item, kept so that a take short of units can wait for
 // one of them. With more takers in flight than this a waiter polls instead.
 constexpr int holder_slots = 16;
@@ -73,32 +81,58 @@ struct Entry {
     EntryKey key;
     slock_t mutex;  // guards the fields below
     int64 level;
-    int64 in_flight;  // units taken by transactions still running
-    int64 adding;     // units added by transactions still running
+    int64 in_flight;      // units taken by transactions still running
+    int64 adding;         // units added by transactions still running
+    bool recently_used;   // since the evictor last looked (see evict_idle_entries)
     TransactionId holders[holder_slots];
     int next_holder;
 };
 
-LWLock* entries_lock = nullptr;  // guards the membership of `entries`
+// Entries are evicted and loaded again without a lock held across the load
+// (it reads the tables). A loader reads the eviction stamp of its item's hash
+// before the tables, and inserts its entry only if the stamp is unchanged
+// (load_entry).
+constexpr int eviction_stamps = 1024;
+
+struct Shared {
+    uint32 evictions[eviction_stamps];  // under entries_lock
+};
+
+LWLock* entries_lock = nullptr;  // guards the membership of `entries`, and `shared`
 HTAB* entries = nullptr;
+Shared* shared = nullptr;
 int max_items = 10000;  // pg_idem.max_stock_items
 
 shmem_request_hook_type prev_shmem_request_hook = nullptr;
 shmem_startup_hook_type prev_shmem_startup_hook = nullptr;
 
-// This transaction's takes and adds, settled when it ends. The array lives
-// in TopMemoryContext for the whole session, so that no path out of a
-// transaction (commit, abort, PREPARE) can leave it pointing at freed memory;
-// the transaction callbacks only reset n_changes.
-struct Change {
-    Entry* entry;
-    int64 delta;     // -n for a take, +n for an add
-    bool reserved;   // a take (counted in entry->in_flight), else an add (in entry->adding)
-    SubTransactionId subid;
-};
-Change* changes = nullptr;
-int n_changes = 0;
-int max_changes = 0;
+void request_shmem()
+{
+    if (prev_shmem_request_hook)
+        prev_shmem_request_hook();
+    RequestAddinShmemSpace(add_size(hash_estimate_size(max_items, sizeof(Entry)), sizeof(Shared)));
+    RequestNamedLWLockTranche("pg_idem stock", 1);
+}
+
+void startup_shmem()
+{
+    if (prev_shmem_startup_hook)
+        prev_shmem_startup_hook();
+    LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+    entries_lock = &(GetNamedLWLockTranche("pg_idem stock"))->lock;
+    HASHCTL info;
+    std::memset(&info, 0, sizeof info);
+    info.keysize = sizeof(EntryKey);
+    info.entrysize = sizeof(Entry);
+    entries = ShmemInitHash("pg_idem stock", max_items, max_items, &info, HASH_ELEM | HASH_BLOBS);
+    bool found;
+    shared = static_cast<Shared*>(ShmemInitStruct("pg_idem stock state", sizeof(Shared), &found));
+    if (!found)
+        std::memset(shared, 0, sizeof(Shared));
+    LWLockRelease(AddinShmemInitLock);
+}
+
+// ---- Statements -----------------------------------------------------------
 
 pg::Statement load_item = {
     "SELECT (i.level + coalesce((SELECT sum(l.delta) FROM @extschema@.idem_stock_ledger l "
@@ -143,27 +177,7 @@ pg::Statement fold_ledger = {
     "SELECT count(*)::bigint FROM moved",
     1, {INT8OID}};
 
-void request_shmem()
-{
-    if (prev_shmem_request_hook)
-        prev_shmem_request_hook();
-    RequestAddinShmemSpace(hash_estimate_size(max_items, sizeof(Entry)));
-    RequestNamedLWLockTranche("pg_idem stock", 1);
-}
-
-void startup_shmem()
-{
-    if (prev_shmem_startup_hook)
-        prev_shmem_startup_hook();
-    LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-    entries_lock = &(GetNamedLWLockTranche("pg_idem stock"))->lock;
-    HASHCTL info;
-    std::memset(&info, 0, sizeof info);
-    info.keysize = sizeof(EntryKey);
-    info.entrysize = sizeof(Entry);
-    entries = ShmemInitHash("pg_idem stock", max_items, max_items, &info, HASH_ELEM | HASH_BLOBS);
-    LWLockRelease(AddinShmemInitLock);
-}
+// ---- Arguments ------------------------------------------------------------
 
 void require_preloaded()
 {
@@ -171,18 +185,47 @@ void require_preloaded()
         pg::raise_needs_preload("hot stock");
 }
 
-struct ItemArg {
-    Datum datum;
+// An item as the stock functions handle it: its name (the text argument,
+// for SPI, and checked, for messages), the schema of the extension, and its
+// key and hash in shared memory.
+struct StockItem {
+    Datum name;
     Item item;
+    Oid nsp;
+    EntryKey key;
+    uint32 hash;
 };
 
-ItemArg item_arg(FunctionCallInfo fcinfo, int argno)
+EntryKey entry_key(Oid nsp, const Item& item)
 {
-    if (PG_ARGISNULL(argno))
-        return ItemArg{0, checked_item("item", nullptr)};
-    text* t = PG_GETARG_TEXT_PP(argno);
+    EntryKey key;
+    std::memset(&key, 0, sizeof key);
+    key.database = MyDatabaseId;
+    key.items_table = get_relname_relid("idem_stock_items", nsp);
+    std::memcpy(key.item, item.text.data, item.text.size);
+    return key;
+}
+
+StockItem stock_item(Oid nsp, Datum name, const Item& item)
+{
+    StockItem s;
+    s.name = name;
+    s.item = item;
+    s.nsp = nsp;
+    s.key = entry_key(nsp, item);
+    s.hash = get_hash_value(entries, &s.key);
+    return s;
+}
+
+// Argument 0 of every stock function.
+StockItem item_arg(FunctionCallInfo fcinfo)
+{
+    Oid nsp = get_func_namespace(fcinfo->flinfo->fn_oid);
+    if (PG_ARGISNULL(0))
+        checked_item("item", nullptr);  // throws
+    text* t = PG_GETARG_TEXT_PP(0);
     Text view{VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)};
-    return ItemArg{PointerGetDatum(t), checked_item("item", &view)};
+    return stock_item(nsp, PointerGetDatum(t), checked_item("item", &view));
 }
 
 int64 units_arg(FunctionCallInfo fcinfo, int argno)
@@ -196,22 +239,10 @@ int64 units_arg(FunctionCallInfo fcinfo, int argno)
     return n;
 }
 
-EntryKey entry_key(Oid nsp, const Item& item)
-{
-    EntryKey key;
-    std::memset(&key, 0, sizeof key);
-    key.database = MyDatabaseId;
-    key.items_table = get_relname_relid("idem_stock_items", nsp);
-    std::memcpy(key.item, item.text.data, item.text.size);
-    return key;
-}
-
 // What idem_stock_add and idem_stock_take are called with.
 struct StockChange {
-    ItemArg item;
+    StockItem s;
     int64 n;
-    Oid nsp;
-    EntryKey key;
 };
 
 StockChange stock_change(FunctionCallInfo fcinfo, const char* function_name)
@@ -219,20 +250,20 @@ StockChange stock_change(FunctionCallInfo fcinfo, const char* function_name)
     require_preloaded();
     PreventCommandIfReadOnly(function_name);
     StockChange c;
-    c.item = item_arg(fcinfo, 0);
+    c.s = item_arg(fcinfo);
     c.n = units_arg(fcinfo, 1);
-    c.nsp = get_func_namespace(fcinfo->flinfo->fn_oid);
-    c.key = entry_key(c.nsp, c.item.item);
     return c;
 }
 
-[[noreturn]] void raise_unknown_item(const Item& item)
+[[noreturn]] void raise_unknown_item(const StockItem& s)
 {
     ereport(ERROR, (errcode(ERRCODE_NO_DATA_FOUND),
-                    errmsg("item %s is not stocked", pg::key_for_message(Key{item.text})),
+                    errmsg("item %s is not stocked", pg::key_for_message(Key{s.item.text})),
                     errhint("Add units with idem_stock_add() first.")));
     pg_unreachable();
 }
+
+// ---- The tables -----------------------------------------------------------
 
 // The committed level from the tables; false if the item does not exist.
 // Read with the latest snapshot, never the caller's: what is loaded here
@@ -240,10 +271,10 @@ StockChange stock_change(FunctionCallInfo fcinfo, const char* function_name)
 // REPEATABLE READ snapshot can be older than sales already committed (taken
 // on a standby before its promotion, say). The latest snapshot also sees this
 // transaction's own item row, so an add of a new item finds it.
-bool level_from_tables(Oid nsp, Datum item, int64* level)
+bool level_from_tables(const StockItem& s, int64* level)
 {
-    Datum values[1] = {item};
-    if (pg::run_latest(load_item, nsp, values, nullptr) == 0)
+    Datum values[1] = {s.name};
+    if (pg::run_latest(load_item, s.nsp, values, nullptr) == 0)
         return false;
     bool isnull;
     *level = DatumGetInt64(pg::result_value(0, 1, &isnull));
@@ -254,10 +285,10 @@ bool level_from_tables(Oid nsp, Datum item, int64* level)
 // transaction's own). Asked only where shared memory says 0: an add that
 // rolled back can leave an entry for an item that does not exist. Shared
 // memory alone says what the level is.
-bool item_exists(Oid nsp, Datum item)
+bool item_exists(const StockItem& s)
 {
-    Datum values[1] = {item};
-    return pg::run_latest(find_item, nsp, values, nullptr) > 0;
+    Datum values[1] = {s.name};
+    return pg::run_latest(find_item, s.nsp, values, nullptr) > 0;
 }
 
 // Makes sure the item has a row in idem_stock_items, inserting it in the
@@ -266,52 +297,171 @@ bool item_exists(Oid nsp, Datum item)
 // be inserted only when shared memory had no entry for the item, but an entry
 // outlives a rolled-back add and is shared with a concurrent one.) ON
 // CONFLICT waits for a concurrent insert of the same row.
-void ensure_item_row(Oid nsp, Datum item)
+void ensure_item_row(const StockItem& s)
 {
-    if (!item_exists(nsp, item)) {
-        Datum values[1] = {item};
-        pg::run(create_item, nsp, values, nullptr);
+    if (!item_exists(s)) {
+        Datum values[1] = {s.name};
+        pg::run(create_item, s.nsp, values, nullptr);
     }
 }
 
-// The item's entry, loaded from the tables if this server has not seen it
-// since it started; nullptr if the item does not exist. Runs inside SPI.
-Entry* entry_for(const EntryKey& key, Oid nsp, Datum item)
+void append_to_ledger(const StockItem& s, int64 delta)
+{
+    Datum values[2] = {s.name, Int64GetDatum(delta)};
+    pg::run(append_ledger, s.nsp, values, nullptr);
+}
+
+// ---- Entries --------------------------------------------------------------
+
+// The item's entry with entries_lock held in shared mode, so that it cannot
+// be evicted until the caller releases the lock; nullptr (and the lock not
+// held) if shared memory has none.
+Entry* find_locked(const StockItem& s)
 {
     LWLockAcquire(entries_lock, LW_SHARED);
-    auto* entry = static_cast<Entry*>(hash_search(entries, &key, HASH_FIND, nullptr));
-    LWLockRelease(entries_lock);
-    if (entry != nullptr)
-        return entry;
+    auto* entry = static_cast<Entry*>(hash_search_with_hash_value(entries, &s.key, s.hash, HASH_FIND, nullptr));
+    if (entry == nullptr)
+        LWLockRelease(entries_lock);
+    return entry;
+}
 
-    // Read the tables without holding the lock (the query may wait). Nothing
-    // can change an item's committed level while it has no entry, so two
-    // backends loading at once read the same level; the first one in wins.
-    int64 level;
-    if (!level_from_tables(nsp, item, &level))
-        return nullptr;
-    LWLockAcquire(entries_lock, LW_EXCLUSIVE);
-    bool found;
-    entry = static_cast<Entry*>(hash_search(entries, &key, HASH_FIND, nullptr));
-    if (entry == nullptr) {
-        if (hash_get_num_entries(entries) >= max_items) {
-            LWLockRelease(entries_lock);
-            ereport(ERROR, (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-                            errmsg("pg_idem hot stock holds %d items, its maximum", max_items),
-                            errhint("Raise pg_idem.max_stock_items and restart the server.")));
+uint32& eviction_stamp(uint32 hash)
+{
+    return shared->evictions[hash % eviction_stamps];
+}
+
+// One pass of a clock over the entries (entries_lock held exclusively):
+// evicts up to a batch of entries that have nothing in flight and were not
+// used since the last pass, and clears the mark of the others. An evicted
+// entry's level is in the tables; it is loaded again when next used.
+int evict_pass()
+{
+    const int batch = Max(1, max_items / 32);
+    int evicted = 0;
+    HASH_SEQ_STATUS scan;
+    hash_seq_init(&scan, entries);
+    while (auto* entry = static_cast<Entry*>(hash_seq_search(&scan))) {
+        SpinLockAcquire(&entry->mutex);
+        bool idle = entry->in_flight == 0 && entry->adding == 0;
+        bool spared = entry->recently_used;
+        entry->recently_used = false;
+        SpinLockRelease(&entry->mutex);
+        if (!idle || spared)
+            continue;
+        eviction_stamp(get_hash_value(entries, &entry->key))++;
+        hash_search(entries, &entry->key, HASH_REMOVE, nullptr);  // allowed during the scan
+        if (++evicted == batch) {
+            hash_seq_term(&scan);
+            break;
         }
-        entry = static_cast<Entry*>(hash_search(entries, &key, HASH_ENTER, &found));
+    }
+    return evicted;
+}
+
+// Room for one more entry (entries_lock held exclusively); false when every
+// entry has units in flight. The second pass takes entries the first spared.
+bool make_room_for_entry()
+{
+    return hash_get_num_entries(entries) < max_items || evict_pass() > 0 || evict_pass() > 0;
+}
+
+enum class Load { done, stale, full };
+
+// Inserts the item's entry with `level` read from the tables, unless an
+// entry of the same hash was evicted since `stamp` was read. If another
+// backend loaded the item meanwhile, its entry stands.
+Load insert_entry(const StockItem& s, int64 level, uint32 stamp)
+{
+    LWLockAcquire(entries_lock, LW_EXCLUSIVE);
+    Load load = Load::done;
+    if (hash_search_with_hash_value(entries, &s.key, s.hash, HASH_FIND, nullptr) != nullptr)
+        load = Load::done;
+    else if (eviction_stamp(s.hash) != stamp)
+        load = Load::stale;
+    else if (!make_room_for_entry())
+        load = Load::full;
+    else {
+        bool found;
+        auto* entry = static_cast<Entry*>(hash_search_with_hash_value(entries, &s.key, s.hash, HASH_ENTER, &found));
         SpinLockInit(&entry->mutex);
         entry->level = level;
         entry->in_flight = 0;
         entry->adding = 0;
+        entry->recently_used = true;
         for (auto& h : entry->holders)
             h = InvalidTransactionId;
         entry->next_holder = 0;
     }
     LWLockRelease(entries_lock);
-    return entry;
+    return load;
 }
+
+// Loads the item's level from the tables into a new entry; false if the
+// item does not exist. Runs inside SPI.
+//
+// Why the level read is still exact when the entry appears: while an item has
+// no entry nothing can change its committed level, except transactions that
+// changed it through an entry since evicted. An entry is evicted only once
+// every change made through it has settled, and a commit settles only after
+// PostgreSQL has ended the transaction in the proc array (CommitTransaction
+// calls ProcArrayEndTransaction before the XACT_EVENT_COMMIT callbacks), so a
+// snapshot taken after the eviction sees all of them. One taken before might
+// not: the eviction stamp read before the snapshot tells, and then the load
+// starts again.
+bool load_entry(const StockItem& s)
+{
+    for (;;) {
+        LWLockAcquire(entries_lock, LW_SHARED);
+        uint32 stamp = eviction_stamp(s.hash);
+        LWLockRelease(entries_lock);
+        int64 level;
+        if (!level_from_tables(s, &level))
+            return false;
+        switch (insert_entry(s, level, stamp)) {
+        case Load::done:
+            return true;
+        case Load::stale:
+            continue;
+        case Load::full:
+            ereport(ERROR, (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+                            errmsg("pg_idem hot stock has units in flight for %d items, its maximum, "
+                                   "and cannot take item %s",
+                                   max_items, pg::key_for_message(Key{s.item.text})),
+                            errhint("Raise pg_idem.max_stock_items and restart the server.")));
+        }
+    }
+}
+
+// The item's entry with entries_lock held in shared mode (see find_locked),
+// loaded from the tables first if shared memory has none; nullptr (and the
+// lock not held) if the item does not exist. Runs inside SPI.
+Entry* entry_locked(const StockItem& s)
+{
+    for (;;) {
+        Entry* entry = find_locked(s);
+        if (entry != nullptr || !load_entry(s))
+            return entry;
+        // Loaded; it might be evicted again before we look, so look again.
+    }
+}
+
+// ---- This transaction's changes -------------------------------------------
+
+// This transaction's takes and adds, settled when it ends. Each keeps its
+// entry from being evicted (its units are in in_flight or adding), so the
+// pointer stays valid. The array lives in TopMemoryContext for the whole
+// session, so that no path out of a transaction (commit, abort, PREPARE) can
+// leave it pointing at freed memory; the transaction callbacks only reset
+// n_changes.
+struct Change {
+    Entry* entry;
+    int64 delta;     // -n for a take, +n for an add
+    bool reserved;   // a take (counted in entry->in_flight), else an add (in entry->adding)
+    SubTransactionId subid;
+};
+Change* changes = nullptr;
+int n_changes = 0;
+int max_changes = 0;
 
 // Room for one more Change, made before anything is reserved in shared
 // memory so that recording the reservation cannot fail.
@@ -343,7 +493,7 @@ void own_changes(const Entry* entry, int64* taken, int64* delta)
 }
 
 // Settle a change at its (sub)transaction's end: committed, the level moves;
-// either way a take's units leave in_flight.
+// either way its units leave in_flight or adding.
 void settle(const Change& change, bool committed)
 {
     SpinLockAcquire(&change.entry->mutex);
@@ -395,6 +545,74 @@ void on_subxact(SubXactEvent event, SubTransactionId subid, SubTransactionId par
     }
 }
 
+// ---- Adding and taking ----------------------------------------------------
+
+// Counts n units as added by this transaction (entries_lock held); false if
+// the level could pass bigint were every add in flight, this one included,
+// to commit. Sets *level to the committed level.
+bool reserve_add(Entry* entry, int64 n, int64* level)
+{
+    SubTransactionId subid = GetCurrentSubTransactionId();
+    SpinLockAcquire(&entry->mutex);
+    entry->recently_used = true;
+    *level = entry->level;
+    int64 if_all_commit;
+    bool fits = !pg_add_s64_overflow(entry->level, entry->adding, &if_all_commit) &&
+                !pg_add_s64_overflow(if_all_commit, n, &if_all_commit);
+    if (fits) {
+        entry->adding += n;
+        changes[n_changes++] = Change{entry, n, false, subid};
+    }
+    SpinLockRelease(&entry->mutex);
+    return fits;
+}
+
+enum class Take { reserved, short_of_units, held_in_flight };
+
+// Reserves n units of the entry for this transaction if level - in_flight
+// covers them (entries_lock held). Otherwise the shortfall is real when even
+// the return of every other transaction's units would not cover n (this
+// transaction's own stay taken). Sets *level to the committed level, and
+// copies the entry's recent holders into `holders`.
+Take reserve_take(Entry* entry, int64 n, int64 own_taken, int64* level, TransactionId* holders, int* newest)
+{
+    SubTransactionId subid = GetCurrentSubTransactionId();
+    TransactionId me = GetCurrentTransactionIdIfAny();
+    SpinLockAcquire(&entry->mutex);
+    entry->recently_used = true;
+    *level = entry->level;
+    Take take = Take::held_in_flight;
+    if (entry->level - entry->in_flight >= n) {
+        entry->in_flight += n;
+        entry->holders[entry->next_holder] = me;
+        entry->next_holder = (entry->next_holder + 1) % holder_slots;
+        changes[n_changes++] = Change{entry, -n, true, subid};
+        take = Take::reserved;
+    } else if (entry->level - own_taken < n) {
+        take = Take::short_of_units;
+    }
+    std::memcpy(holders, entry->holders, sizeof(TransactionId) * holder_slots);
+    *newest = entry->next_holder;
+    SpinLockRelease(&entry->mutex);
+    return take;
+}
+
+// Waits for the newest other taker still running, then returns to look again.
+void wait_for_holders(const TransactionId* holders, int newest)
+{
+    TransactionId wait_for = InvalidTransactionId;
+    for (int i = 1; i <= holder_slots && !TransactionIdIsValid(wait_for); i++) {
+        TransactionId h = holders[(newest - i + holder_slots) % holder_slots];
+        if (TransactionIdIsValid(h) && !TransactionIdIsCurrentTransactionId(h) && TransactionIdIsInProgress(h))
+            wait_for = h;
+    }
+    if (TransactionIdIsValid(wait_for))
+        XactLockTableWait(wait_for, nullptr, nullptr, XLTW_None);
+    else
+        pg_usleep(1000L);  // the holders fell out of the ring: poll
+    CHECK_FOR_INTERRUPTS();
+}
+
 void connect_spi()
 {
     if (SPI_connect() != SPI_OK_CONNECT)
@@ -406,8 +624,10 @@ void connect_spi()
 void init_preloaded()
 {
     DefineCustomIntVariable("pg_idem.max_stock_items",
-                            "How many hot-stock items shared memory can hold.",
-                            nullptr, &max_items, 10000, 1, 10000000, PGC_POSTMASTER, 0,
+                            "How many hot-stock items can have units in flight at once.",
+                            "Items with nothing in flight leave shared memory when room is needed, "
+                            "and are loaded from the tables again on next use.",
+                            &max_items, 10000, 1, 10000000, PGC_POSTMASTER, 0,
                             nullptr, nullptr, nullptr);
     prev_shmem_request_hook = shmem_request_hook;
     shmem_request_hook = request_shmem;
@@ -435,42 +655,24 @@ IDEM_SQL_FUNCTION(idem_stock_add)
 {
     return pg::guarded([&]() -> Datum {
         StockChange c = stock_change(fcinfo, "idem_stock_add()");
-        const ItemArg& item = c.item;
-        int64 n = c.n;
-        Oid nsp = c.nsp;
-        const EntryKey& key = c.key;
-
         connect_spi();
-        ensure_item_row(nsp, item.datum);
-        Entry* entry = entry_for(key, nsp, item.datum);
-        if (entry == nullptr)
-            raise_unknown_item(item.item);  // its row was deleted under us
-        int64 taken, delta;
-        own_changes(entry, &taken, &delta);
+        ensure_item_row(c.s);
         make_room_for_change();
-        // The level cannot pass the bigint range even if every add in flight
-        // commits: they are counted in `adding` as they are made.
-        SpinLockAcquire(&entry->mutex);
-        int64 level = entry->level;
-        int64 if_all_commit;
-        bool fits = !pg_add_s64_overflow(level, entry->adding, &if_all_commit) &&
-                    !pg_add_s64_overflow(if_all_commit, n, &if_all_commit);
-        if (fits) {
-            entry->adding += n;
-            changes[n_changes++] = Change{entry, n, false, GetCurrentSubTransactionId()};
-        }
-        SpinLockRelease(&entry->mutex);
+        Entry* entry = entry_locked(c.s);
+        if (entry == nullptr)
+            raise_unknown_item(c.s);  // its row was deleted under us
+        int64 taken, delta, level;
+        own_changes(entry, &taken, &delta);
+        bool fits = reserve_add(entry, c.n, &level);
+        LWLockRelease(entries_lock);
         if (!fits)
             ereport(ERROR, (errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-                            errmsg("n = " INT64_FORMAT " would take item %s beyond the bigint range", n,
-                                   pg::key_for_message(Key{item.item.text})),
+                            errmsg("n = " INT64_FORMAT " would take item %s beyond the bigint range", c.n,
+                                   pg::key_for_message(Key{c.s.item.text})),
                             errdetail("Units being added by transactions still in flight count too.")));
-        int64 seen = level + delta + n;  // within range: level + adding + n is
-
-        Datum ledger_values[2] = {item.datum, Int64GetDatum(n)};
-        pg::run(append_ledger, nsp, ledger_values, nullptr);
+        append_to_ledger(c.s, c.n);
         SPI_finish();
-        PG_RETURN_INT64(seen);
+        PG_RETURN_INT64(level + delta + c.n);  // within range: level + adding + n is
     });
 }
 
@@ -479,65 +681,33 @@ IDEM_SQL_FUNCTION(idem_stock_take)
 {
     return pg::guarded([&]() -> Datum {
         StockChange c = stock_change(fcinfo, "idem_stock_take()");
-        const ItemArg& item = c.item;
-        int64 n = c.n;
-        Oid nsp = c.nsp;
-        const EntryKey& key = c.key;
-
         connect_spi();
-        Entry* entry = entry_for(key, nsp, item.datum);
-        if (entry == nullptr)
-            raise_unknown_item(item.item);
         // Waiters wait on the (sub)transaction that holds the units, so a
         // savepoint rolled back releases them at once. The ledger row needs
         // the id anyway.
-        TransactionId me = GetCurrentTransactionId();
+        (void) GetCurrentTransactionId();
         make_room_for_change();
-
         for (;;) {
-            int64 taken, delta;
+            Entry* entry = entry_locked(c.s);
+            if (entry == nullptr)
+                raise_unknown_item(c.s);
+            int64 taken, delta, level;
             own_changes(entry, &taken, &delta);
             TransactionId holders[holder_slots];
-            int64 level;
-            SpinLockAcquire(&entry->mutex);
-            level = entry->level;
-            bool reserved = level - entry->in_flight >= n;
-            if (reserved) {
-                entry->in_flight += n;
-                entry->holders[entry->next_holder] = me;
-                entry->next_holder = (entry->next_holder + 1) % holder_slots;
-                changes[n_changes++] = Change{entry, -n, true, GetCurrentSubTransactionId()};
-            }
-            std::memcpy(holders, entry->holders, sizeof holders);
-            int newest = entry->next_holder;
-            SpinLockRelease(&entry->mutex);
-            if (reserved)
+            int newest;
+            Take take = reserve_take(entry, c.n, taken, &level, holders, &newest);
+            LWLockRelease(entries_lock);
+            if (take == Take::reserved)
                 break;
-
-            // Short. Real when even the return of every other transaction's
-            // units would not cover n (this transaction's own stay taken).
-            if (level - taken < n) {
-                if (level == 0 && !item_exists(nsp, item.datum))
-                    raise_unknown_item(item.item);
+            if (take == Take::short_of_units) {
+                if (level == 0 && !item_exists(c.s))
+                    raise_unknown_item(c.s);
                 SPI_finish();
                 PG_RETURN_BOOL(false);
             }
-            // Wait for the newest other taker still running, then look again.
-            TransactionId wait_for = InvalidTransactionId;
-            for (int i = 1; i <= holder_slots && !TransactionIdIsValid(wait_for); i++) {
-                TransactionId h = holders[(newest - i + holder_slots) % holder_slots];
-                if (TransactionIdIsValid(h) && !TransactionIdIsCurrentTransactionId(h) && TransactionIdIsInProgress(h))
-                    wait_for = h;
-            }
-            if (TransactionIdIsValid(wait_for))
-                XactLockTableWait(wait_for, nullptr, nullptr, XLTW_None);
-            else
-                pg_usleep(1000L);  // the holders fell out of the ring: poll
-            CHECK_FOR_INTERRUPTS();
+            wait_for_holders(holders, newest);
         }
-
-        Datum ledger_values[2] = {item.datum, Int64GetDatum(-n)};
-        pg::run(append_ledger, nsp, ledger_values, nullptr);
+        append_to_ledger(c.s, -c.n);
         SPI_finish();
         PG_RETURN_BOOL(true);
     });
@@ -548,23 +718,23 @@ IDEM_SQL_FUNCTION(idem_stock_level)
 {
     return pg::guarded([&]() -> Datum {
         require_preloaded();
-        ItemArg item = item_arg(fcinfo, 0);
-        Oid nsp = get_func_namespace(fcinfo->flinfo->fn_oid);
+        StockItem s = item_arg(fcinfo);
         connect_spi();
         int64 level;
         if (RecoveryInProgress()) {
             // A standby replays the tables; its shared memory knows nothing.
-            if (!level_from_tables(nsp, item.datum, &level))
-                raise_unknown_item(item.item);
+            if (!level_from_tables(s, &level))
+                raise_unknown_item(s);
         } else {
-            Entry* entry = entry_for(entry_key(nsp, item.item), nsp, item.datum);
+            Entry* entry = entry_locked(s);
             if (entry == nullptr)
-                raise_unknown_item(item.item);
+                raise_unknown_item(s);
             SpinLockAcquire(&entry->mutex);
             level = entry->level;
             SpinLockRelease(&entry->mutex);
-            if (level == 0 && !item_exists(nsp, item.datum))
-                raise_unknown_item(item.item);
+            LWLockRelease(entries_lock);
+            if (level == 0 && !item_exists(s))
+                raise_unknown_item(s);
         }
         SPI_finish();
         PG_RETURN_INT64(level);
@@ -572,6 +742,7 @@ IDEM_SQL_FUNCTION(idem_stock_level)
 }
 
 // idem_stock_snapshot() RETURNS TABLE (item text, level bigint, in_flight bigint): the idem_stock view.
+// Items shared memory holds no entry for show the level in the tables.
 IDEM_SQL_FUNCTION(idem_stock_snapshot)
 {
     return pg::guarded([&]() -> Datum {
@@ -590,16 +761,14 @@ IDEM_SQL_FUNCTION(idem_stock_snapshot)
             int64 in_flight = 0;
             if (!standby) {
                 text* t = DatumGetTextPP(item);
-                EntryKey key = entry_key(nsp, idem::Item{{VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)}});
-                LWLockAcquire(entries_lock, LW_SHARED);
-                auto* entry = static_cast<Entry*>(hash_search(entries, &key, HASH_FIND, nullptr));
-                if (entry != nullptr) {
+                StockItem s = stock_item(nsp, item, idem::Item{{VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)}});
+                if (Entry* entry = find_locked(s)) {
                     SpinLockAcquire(&entry->mutex);
                     level = entry->level;
                     in_flight = entry->in_flight;
                     SpinLockRelease(&entry->mutex);
+                    LWLockRelease(entries_lock);
                 }
-                LWLockRelease(entries_lock);
             }
             MemoryContext old = MemoryContextSwitchTo(cxt);
             Datum values[3] = {datumCopy(item, false, -1), Int64GetDatum(level), Int64GetDatum(in_flight)};
