@@ -18,9 +18,9 @@
 // `adding` the same way until it settles, so that level + adding bounds what
 // the level can become. So the level never goes below zero or beyond bigint,
 // and no unit is sold twice. When the units missing are only held by
-// transactions in flight, a take waits for one of them on its transaction
-// lock (which honours lock_timeout and deadlock detection) and looks again:
-// false means the shortfall is real.
+// transactions in flight, a take waits until units of the item settle and
+// looks again: false means the shortfall is real (wait_for_units says how the
+// wait honours lock_timeout, statement_timeout and deadlock detection).
 //
 // Shared memory is a cache of the tables: an item's entry is loaded from them
 // on first use (after a start, a crash or a promotion, everything in flight
@@ -46,10 +46,12 @@ extern "C" {
 #include "common/int.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "storage/backendid.h"
+#include "storage/condition_variable.h"
 #include "storage/ipc.h"
 #include "storage/lmgr.h"
 #include "storage/lwlock.h"
-#include "storage/procarray.h"
+#include "storage/proc.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
 #include "utils/builtins.h"
@@ -58,6 +60,8 @@ extern "C" {
 #include "utils/hsearch.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
 }
 
 #include <cstring>
@@ -66,10 +70,6 @@ namespace idem::stock {
 namespace {
 
 // ---- Shared memory --------------------------------------------------------
-
-// Recent takers of an item, kept so that a take short of units can wait for
-// one of them. With more takers in flight than this a waiter polls instead.
-constexpr int holder_slots = 16;
 
 struct EntryKey {
     Oid database;
@@ -83,9 +83,8 @@ struct Entry {
     int64 level;
     int64 in_flight;      // units taken by transactions still running
     int64 adding;         // units added by transactions still running
-    bool recently_used;   // since the evictor last looked (see evict_idle_entries)
-    TransactionId holders[holder_slots];
-    int next_holder;
+    bool recently_used;   // since the evictor last looked (see evict_pass)
+    bool sleepers;        // a take waits for units of this item to settle
 };
 
 // Entries are evicted and loaded again without a lock held across the load
@@ -94,13 +93,35 @@ struct Entry {
 // (load_entry).
 constexpr int eviction_stamps = 1024;
 
+// Takes short of units sleep on the channel of their item's hash, broadcast
+// when units of an item of that channel settle and it has sleepers. Items
+// that share a channel only cost a waiter a spurious look; the channels never
+// go away, unlike the entries.
+constexpr int wakeup_channels = 128;
+
 struct Shared {
     uint32 evictions[eviction_stamps];  // under entries_lock
+    ConditionVariable settled[wakeup_channels];
 };
 
-LWLock* entries_lock = nullptr;  // guards the membership of `entries`, and `shared`
+// What a backend publishes about its transaction's takes, for takes waiting
+// for units that look for a cycle (blocked_holder): its top-level transaction
+// id, the entries it holds units of, and whether it waits for units itself.
+// Written only by its own backend; others read it without a lock, as a hint
+// for which transaction lock to wait on.
+constexpr int listed_entries = 8;
+struct Holder {
+    TransactionId xid;
+    int pgprocno;
+    bool waiting;
+    int n_entries;  // beyond listed_entries: it may hold units of any item
+    const Entry* entries[listed_entries];
+};
+
+LWLock* entries_lock = nullptr;  // guards the membership of `entries` and the eviction stamps
 HTAB* entries = nullptr;
 Shared* shared = nullptr;
+Holder* holders = nullptr;  // one per backend, by MyBackendId
 int max_items = 10000;  // pg_idem.max_stock_items
 
 shmem_request_hook_type prev_shmem_request_hook = nullptr;
@@ -110,7 +131,8 @@ void request_shmem()
 {
     if (prev_shmem_request_hook)
         prev_shmem_request_hook();
-    RequestAddinShmemSpace(add_size(hash_estimate_size(max_items, sizeof(Entry)), sizeof(Shared)));
+    Size size = add_size(hash_estimate_size(max_items, sizeof(Entry)), sizeof(Shared));
+    RequestAddinShmemSpace(add_size(size, mul_size(MaxBackends, sizeof(Holder))));
     RequestNamedLWLockTranche("pg_idem stock", 1);
 }
 
@@ -127,8 +149,15 @@ void startup_shmem()
     entries = ShmemInitHash("pg_idem stock", max_items, max_items, &info, HASH_ELEM | HASH_BLOBS);
     bool found;
     shared = static_cast<Shared*>(ShmemInitStruct("pg_idem stock state", sizeof(Shared), &found));
+    if (!found) {
+        std::memset(shared->evictions, 0, sizeof shared->evictions);
+        for (auto& channel : shared->settled)
+            ConditionVariableInit(&channel);
+    }
+    Size holders_size = mul_size(MaxBackends, sizeof(Holder));
+    holders = static_cast<Holder*>(ShmemInitStruct("pg_idem stock holders", holders_size, &found));
     if (!found)
-        std::memset(shared, 0, sizeof(Shared));
+        std::memset(holders, 0, holders_size);
     LWLockRelease(AddinShmemInitLock);
 }
 
@@ -388,9 +417,7 @@ Load insert_entry(const StockItem& s, int64 level, uint32 stamp)
         entry->in_flight = 0;
         entry->adding = 0;
         entry->recently_used = true;
-        for (auto& h : entry->holders)
-            h = InvalidTransactionId;
-        entry->next_holder = 0;
+        entry->sleepers = false;
     }
     LWLockRelease(entries_lock);
     return load;
@@ -445,6 +472,73 @@ Entry* entry_locked(const StockItem& s)
     }
 }
 
+// ---- Wake-ups --------------------------------------------------------------
+
+ConditionVariable* channel_of(const EntryKey& key)
+{
+    return &shared->settled[get_hash_value(entries, &key) % wakeup_channels];
+}
+
+// Wakes the takes waiting for units of the entry, if there are any. The
+// entry must not be evictable (this transaction has units in it).
+void wake_sleepers(Entry* entry)
+{
+    SpinLockAcquire(&entry->mutex);
+    bool sleepers = entry->sleepers;
+    entry->sleepers = false;
+    SpinLockRelease(&entry->mutex);
+    if (sleepers)
+        ConditionVariableBroadcast(channel_of(entry->key));
+}
+
+// ---- What this backend publishes (Holder) ---------------------------------
+
+bool published = false;  // this transaction wrote to its Holder
+bool sleeping = false;   // a take's wait may have this backend on a wakeup channel
+
+volatile Holder* my_holder()
+{
+    return &holders[MyBackendId - 1];
+}
+
+// Lists the entry among those this transaction holds units of.
+void publish_holding(const Entry* entry)
+{
+    volatile Holder* h = my_holder();
+    if (!TransactionIdIsValid(h->xid)) {
+        h->pgprocno = MyProc->pgprocno;
+        h->xid = GetTopTransactionId();
+        published = true;
+    }
+    int listed = Min(h->n_entries, listed_entries);
+    for (int i = 0; i < listed; i++)
+        if (h->entries[i] == entry)
+            return;
+    if (h->n_entries < listed_entries)
+        h->entries[h->n_entries] = entry;
+    pg_write_barrier();  // a reader that sees the count sees the entry
+    h->n_entries++;
+}
+
+// Stops publishing anything, and leaves the wakeup channel of a wait that an
+// error ended (AbortTransaction would, but a rolled-back savepoint must not
+// leave this backend on it either). Done before changes settle at the end of
+// a (sub)transaction: a settled entry may be evicted and its memory reused.
+void withdraw_holdings()
+{
+    if (sleeping) {
+        ConditionVariableCancelSleep();
+        sleeping = false;
+    }
+    if (!published)
+        return;
+    volatile Holder* h = my_holder();
+    h->n_entries = 0;
+    h->waiting = false;
+    h->xid = InvalidTransactionId;
+    published = false;
+}
+
 // ---- This transaction's changes -------------------------------------------
 
 // This transaction's takes and adds, settled when it ends. Each keeps its
@@ -493,17 +587,50 @@ void own_changes(const Entry* entry, int64* taken, int64* delta)
 }
 
 // Settle a change at its (sub)transaction's end: committed, the level moves;
-// either way its units leave in_flight or adding.
+// either way its units leave in_flight or adding, and takes waiting for
+// units of the item look again.
 void settle(const Change& change, bool committed)
 {
-    SpinLockAcquire(&change.entry->mutex);
+    Entry* entry = change.entry;
+    SpinLockAcquire(&entry->mutex);
     if (committed)
-        change.entry->level += change.delta;
+        entry->level += change.delta;
     if (change.reserved)
-        change.entry->in_flight += change.delta;
+        entry->in_flight += change.delta;
     else
-        change.entry->adding -= change.delta;
-    SpinLockRelease(&change.entry->mutex);
+        entry->adding -= change.delta;
+    bool sleepers = entry->sleepers;
+    entry->sleepers = false;
+    SpinLockRelease(&entry->mutex);
+    if (sleepers)
+        ConditionVariableBroadcast(channel_of(entry->key));
+}
+
+void settle_all(bool committed)
+{
+    withdraw_holdings();
+    for (int i = 0; i < n_changes; i++)
+        settle(changes[i], committed);
+    n_changes = 0;
+}
+
+// A savepoint rolled back: its changes settle, the others stay (and stay
+// published: they have the transaction's id).
+void settle_subtransaction(SubTransactionId subid)
+{
+    withdraw_holdings();
+    if (TransactionIdIsValid(GetTopTransactionIdIfAny()))
+        for (int i = 0; i < n_changes; i++)
+            if (changes[i].reserved && changes[i].subid != subid)
+                publish_holding(changes[i].entry);
+    int kept = 0;
+    for (int i = 0; i < n_changes; i++) {
+        if (changes[i].subid == subid)
+            settle(changes[i], false);
+        else
+            changes[kept++] = changes[i];
+    }
+    n_changes = kept;
 }
 
 void on_xact(XactEvent event, void*)
@@ -518,9 +645,7 @@ void on_xact(XactEvent event, void*)
     case XACT_EVENT_COMMIT:
     case XACT_EVENT_ABORT:
     case XACT_EVENT_PREPARE:  // PRE_PREPARE made sure nothing is left to settle
-        for (int i = 0; i < n_changes; i++)
-            settle(changes[i], event == XACT_EVENT_COMMIT);
-        n_changes = 0;
+        settle_all(event == XACT_EVENT_COMMIT);
         break;
     default:
         break;
@@ -534,14 +659,7 @@ void on_subxact(SubXactEvent event, SubTransactionId subid, SubTransactionId par
             if (changes[i].subid == subid)
                 changes[i].subid = parent_subid;
     } else if (event == SUBXACT_EVENT_ABORT_SUB) {
-        int kept = 0;
-        for (int i = 0; i < n_changes; i++) {
-            if (changes[i].subid == subid)
-                settle(changes[i], false);
-            else
-                changes[kept++] = changes[i];
-        }
-        n_changes = kept;
+        settle_subtransaction(subid);
     }
 }
 
@@ -572,45 +690,168 @@ enum class Take { reserved, short_of_units, held_in_flight };
 // Reserves n units of the entry for this transaction if level - in_flight
 // covers them (entries_lock held). Otherwise the shortfall is real when even
 // the return of every other transaction's units would not cover n (this
-// transaction's own stay taken). Sets *level to the committed level, and
-// copies the entry's recent holders into `holders`.
-Take reserve_take(Entry* entry, int64 n, int64 own_taken, int64* level, TransactionId* holders, int* newest)
+// transaction's own stay taken); if not, the take will sleep until units of
+// the item settle. Sets *level to the committed level.
+Take reserve_take(Entry* entry, int64 n, int64 own_taken, int64* level)
 {
     SubTransactionId subid = GetCurrentSubTransactionId();
-    TransactionId me = GetCurrentTransactionIdIfAny();
     SpinLockAcquire(&entry->mutex);
     entry->recently_used = true;
     *level = entry->level;
     Take take = Take::held_in_flight;
     if (entry->level - entry->in_flight >= n) {
         entry->in_flight += n;
-        entry->holders[entry->next_holder] = me;
-        entry->next_holder = (entry->next_holder + 1) % holder_slots;
         changes[n_changes++] = Change{entry, -n, true, subid};
         take = Take::reserved;
     } else if (entry->level - own_taken < n) {
         take = Take::short_of_units;
+    } else {
+        entry->sleepers = true;
     }
-    std::memcpy(holders, entry->holders, sizeof(TransactionId) * holder_slots);
-    *newest = entry->next_holder;
     SpinLockRelease(&entry->mutex);
     return take;
 }
 
-// Waits for the newest other taker still running, then returns to look again.
-void wait_for_holders(const TransactionId* holders, int newest)
+// ---- Waiting for units ----------------------------------------------------
+//
+// A take short only of units that other transactions hold sleeps on its
+// item's wakeup channel (a condition variable), and looks again whenever
+// units of the item settle: the first holder to commit or roll back, in any
+// order, wakes it. The sleep is interruptible, so statement_timeout and a
+// cancel end it (57014); lock_timeout is counted here (55P03).
+//
+// PostgreSQL's deadlock detector knows only its lock manager's waits, and a
+// cycle can run through stock: two takes each holding what the other waits
+// for, or a take waiting for a holder that waits for a row lock the take's
+// transaction holds. Such a cycle needs a holder that is itself waiting. So
+// the waiting take looks for one among the holders of its item (each backend
+// publishes the items it holds units of and whether it is waiting, in its
+// Holder) every time it wakes, and at least every deadlock_timeout; a holder
+// that starts to wait wakes the takes waiting for its units, so they look at
+// once. If it finds one, the take waits on that holder's transaction lock
+// instead: in the lock manager, where the detector sees the cycle (40P01 for
+// one of its transactions), with lock_timeout still counted from the start
+// of the take's wait. Once that holder ends, the take looks again. While it
+// waits there, another holder's units coming back do not wake it: the price
+// of a wait that may be part of a deadlock.
+
+// A take's wait, from its first sleep to its end.
+struct UnitWait {
+    bool started;
+    TimestampTz since;
+    ConditionVariable* channel;
+    ErrorContextCallback context;
+};
+
+void wait_context(void* arg)
 {
-    TransactionId wait_for = InvalidTransactionId;
-    for (int i = 1; i <= holder_slots && !TransactionIdIsValid(wait_for); i++) {
-        TransactionId h = holders[(newest - i + holder_slots) % holder_slots];
-        if (TransactionIdIsValid(h) && !TransactionIdIsCurrentTransactionId(h) && TransactionIdIsInProgress(h))
-            wait_for = h;
+    const auto* s = static_cast<const StockItem*>(arg);
+    errcontext("waiting for units of hot-stock item %s", pg::key_for_message(Key{s->item.text}));
+}
+
+// A transaction holding units of the entry that is itself waiting (for a
+// lock, or for units), or InvalidTransactionId: only through such a holder
+// can this take be part of a cycle. Called with entries_lock held, so that
+// the entry is the one the holders list.
+TransactionId blocked_holder(const Entry* entry)
+{
+    for (int b = 0; b < MaxBackends; b++) {
+        volatile Holder* h = &holders[b];
+        TransactionId xid = h->xid;
+        if (h == my_holder() || !TransactionIdIsValid(xid))
+            continue;
+        int n = h->n_entries;
+        pg_read_barrier();
+        bool holds = n > listed_entries;
+        for (int i = 0; i < n && !holds; i++)
+            holds = h->entries[i] == entry;
+        uint32 wait_event = static_cast<volatile PGPROC*>(&ProcGlobal->allProcs[h->pgprocno])->wait_event_info;
+        if (holds && (h->waiting || (wait_event & 0xFF000000U) == PG_WAIT_LOCK))
+            return xid;
     }
-    if (TransactionIdIsValid(wait_for))
-        XactLockTableWait(wait_for, nullptr, nullptr, XLTW_None);
-    else
-        pg_usleep(1000L);  // the holders fell out of the ring: poll
+    return InvalidTransactionId;
+}
+
+void begin_wait(UnitWait* wait, const StockItem& s)
+{
+    wait->started = true;
+    wait->since = GetCurrentTimestamp();
+    wait->channel = &shared->settled[s.hash % wakeup_channels];
+    wait->context.callback = wait_context;
+    wait->context.arg = const_cast<StockItem*>(&s);
+    wait->context.previous = error_context_stack;
+    error_context_stack = &wait->context;
+
+    sleeping = true;
+    volatile Holder* h = my_holder();
+    h->pgprocno = MyProc->pgprocno;
+    h->waiting = true;
+    published = true;
+    pg_memory_barrier();
+    // Takes waiting for units this transaction holds: it may now be part of
+    // a cycle with them, so they look.
+    for (int i = 0; i < n_changes; i++)
+        if (changes[i].reserved)
+            wake_sleepers(changes[i].entry);
+}
+
+void end_wait(UnitWait* wait)
+{
+    if (!wait->started)
+        return;
+    ConditionVariableCancelSleep();
+    sleeping = false;
+    my_holder()->waiting = false;
+    error_context_stack = wait->context.previous;
+}
+
+// Milliseconds left until lock_timeout, or -1 when it is off; 55P03 once it
+// has passed.
+long lock_time_left(const UnitWait* wait, const StockItem& s)
+{
+    if (LockTimeout <= 0)
+        return -1;
+    long waited = TimestampDifferenceMilliseconds(wait->since, GetCurrentTimestamp());
+    if (waited >= LockTimeout)
+        ereport(ERROR, (errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+                        errmsg("canceling statement due to lock timeout: units of item %s are still held "
+                               "by other transactions",
+                               pg::key_for_message(Key{s.item.text}))));
+    return LockTimeout - waited;
+}
+
+// Waits in the lock manager until the holder's transaction ends.
+void wait_for_holder(TransactionId holder, long lock_time_left)
+{
+    ConditionVariableCancelSleep();
+    if (lock_time_left < 0) {
+        XactLockTableWait(holder, nullptr, nullptr, XLTW_None);
+        return;
+    }
+    int nest_level = NewGUCNestLevel();
+    char value[32];
+    snprintf(value, sizeof value, "%ld", Max(lock_time_left, 1L));
+    (void) set_config_option("lock_timeout", value, PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+    XactLockTableWait(holder, nullptr, nullptr, XLTW_None);
+    AtEOXact_GUC(true, nest_level);
+}
+
+// One wait of a take short of units held in flight; the caller looks again
+// afterwards. `blocked` is a waiting holder of the item (blocked_holder).
+void wait_for_units(UnitWait* wait, const StockItem& s, TransactionId blocked)
+{
     CHECK_FOR_INTERRUPTS();
+    if (!wait->started)
+        begin_wait(wait, s);
+    long left = lock_time_left(wait, s);
+    if (TransactionIdIsValid(blocked)) {
+        wait_for_holder(blocked, left);
+        return;
+    }
+    long timeout = left < 0 ? DeadlockTimeout : Min(left, static_cast<long>(DeadlockTimeout));
+    // The first call only puts this backend on the channel and returns, so
+    // that no wake-up is lost between the look and the sleep.
+    (void) ConditionVariableTimedSleep(wait->channel, timeout, PG_WAIT_EXTENSION);
 }
 
 void connect_spi()
@@ -682,30 +923,30 @@ IDEM_SQL_FUNCTION(idem_stock_take)
     return pg::guarded([&]() -> Datum {
         StockChange c = stock_change(fcinfo, "idem_stock_take()");
         connect_spi();
-        // Waiters wait on the (sub)transaction that holds the units, so a
-        // savepoint rolled back releases them at once. The ledger row needs
-        // the id anyway.
-        (void) GetCurrentTransactionId();
         make_room_for_change();
+        UnitWait wait = {};
         for (;;) {
             Entry* entry = entry_locked(c.s);
             if (entry == nullptr)
                 raise_unknown_item(c.s);
             int64 taken, delta, level;
             own_changes(entry, &taken, &delta);
-            TransactionId holders[holder_slots];
-            int newest;
-            Take take = reserve_take(entry, c.n, taken, &level, holders, &newest);
+            Take take = reserve_take(entry, c.n, taken, &level);
+            TransactionId blocked = take == Take::held_in_flight ? blocked_holder(entry) : InvalidTransactionId;
             LWLockRelease(entries_lock);
-            if (take == Take::reserved)
+            if (take == Take::reserved) {
+                end_wait(&wait);
+                publish_holding(entry);
                 break;
+            }
             if (take == Take::short_of_units) {
+                end_wait(&wait);
                 if (level == 0 && !item_exists(c.s))
                     raise_unknown_item(c.s);
                 SPI_finish();
                 PG_RETURN_BOOL(false);
             }
-            wait_for_holders(holders, newest);
+            wait_for_units(&wait, c.s, blocked);
         }
         append_to_ledger(c.s, -c.n);
         SPI_finish();
