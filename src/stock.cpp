@@ -109,8 +109,9 @@ struct Shared {
 // id, the entries it holds units of, and whether it waits for units itself.
 // Written only by its own backend; others read it without a lock, as a hint
 // for which transaction lock to wait on.
+// Each on cache lines of its own: every take and commit writes its own.
 constexpr int listed_entries = 8;
-struct Holder {
+struct alignas(PG_CACHE_LINE_SIZE) Holder {
     TransactionId xid;
     int pgprocno;
     bool waiting;
