@@ -40,7 +40,6 @@
 extern "C" {
 #include "access/transam.h"
 #include "access/xact.h"
-#include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "common/int.h"
@@ -252,7 +251,7 @@ StockItem item_arg(FunctionCallInfo fcinfo)
 {
     Oid nsp = get_func_namespace(fcinfo->flinfo->fn_oid);
     if (PG_ARGISNULL(0))
-        checked_item("item", nullptr);  // throws
+        checked_item("item", nullptr);  // throws 22004
     text* t = PG_GETARG_TEXT_PP(0);
     Text view{VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)};
     return stock_item(nsp, PointerGetDatum(t), checked_item("item", &view));
@@ -312,9 +311,9 @@ bool level_from_tables(const StockItem& s, int64* level)
 }
 
 // Whether the item has a row in idem_stock_items (committed, or this
-// transaction's own). Asked only where shared memory says 0: an add that
-// rolled back can leave an entry for an item that does not exist. Shared
-// memory alone says what the level is.
+// transaction's own). Asked before an add, and where shared memory says 0: an
+// add that rolled back can leave an entry for an item that does not exist.
+// Shared memory alone says what the level is.
 bool item_exists(const StockItem& s)
 {
     Datum values[1] = {s.name};
@@ -435,7 +434,9 @@ Load insert_entry(const StockItem& s, int64 level, uint32 stamp)
 // calls ProcArrayEndTransaction before the XACT_EVENT_COMMIT callbacks), so a
 // snapshot taken after the eviction sees all of them. One taken before might
 // not: the eviction stamp read before the snapshot tells, and then the load
-// starts again.
+// starts again. (The latest snapshot also sees this transaction's own
+// uncommitted rows, but it has none for an item without an entry: its own
+// changes would keep the entry from being evicted.)
 bool load_entry(const StockItem& s)
 {
     for (;;) {
@@ -453,7 +454,7 @@ bool load_entry(const StockItem& s)
         case Load::full:
             ereport(ERROR, (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
                             errmsg("pg_idem hot stock has units in flight for %d items, its maximum, "
-                                   "and cannot take item %s",
+                                   "and no room for item %s",
                                    max_items, pg::key_for_message(Key{s.item.text})),
                             errhint("Raise pg_idem.max_stock_items and restart the server.")));
         }
@@ -955,7 +956,11 @@ IDEM_SQL_FUNCTION(idem_stock_take)
     });
 }
 
-// idem_stock_level(item text) RETURNS bigint: units left after every committed take.
+// idem_stock_level(item text) RETURNS bigint: units left after every
+// committed take and add. An item shared memory holds no entry for has
+// nothing in flight, and its level is in the tables; reading it there loads
+// nothing, so a read never evicts an entry or fails for want of room. (On a
+// standby shared memory holds no entry at all: takes and adds load them.)
 IDEM_SQL_FUNCTION(idem_stock_level)
 {
     return pg::guarded([&]() -> Datum {
@@ -963,20 +968,15 @@ IDEM_SQL_FUNCTION(idem_stock_level)
         StockItem s = item_arg(fcinfo);
         connect_spi();
         int64 level;
-        if (RecoveryInProgress()) {
-            // A standby replays the tables; its shared memory knows nothing.
-            if (!level_from_tables(s, &level))
-                raise_unknown_item(s);
-        } else {
-            Entry* entry = entry_locked(s);
-            if (entry == nullptr)
-                raise_unknown_item(s);
+        if (Entry* entry = find_locked(s)) {
             SpinLockAcquire(&entry->mutex);
             level = entry->level;
             SpinLockRelease(&entry->mutex);
             LWLockRelease(entries_lock);
             if (level == 0 && !item_exists(s))
                 raise_unknown_item(s);
+        } else if (!level_from_tables(s, &level)) {
+            raise_unknown_item(s);
         }
         SPI_finish();
         PG_RETURN_INT64(level);
@@ -984,7 +984,8 @@ IDEM_SQL_FUNCTION(idem_stock_level)
 }
 
 // idem_stock_snapshot() RETURNS TABLE (item text, level bigint, in_flight bigint): the idem_stock view.
-// Items shared memory holds no entry for show the level in the tables.
+// Items shared memory holds no entry for show their level in the tables, read
+// like idem_stock_level reads it.
 IDEM_SQL_FUNCTION(idem_stock_snapshot)
 {
     return pg::guarded([&]() -> Datum {
@@ -994,23 +995,20 @@ IDEM_SQL_FUNCTION(idem_stock_snapshot)
         auto* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
         MemoryContext cxt = CurrentMemoryContext;
         connect_spi();
-        uint64 n = pg::run(all_items, nsp, nullptr, nullptr);
-        bool standby = RecoveryInProgress();
+        uint64 n = pg::run_latest(all_items, nsp, nullptr, nullptr);
         for (uint64 row = 0; row < n; row++) {
             bool isnull;
             Datum item = pg::result_value(row, 1, &isnull);
             int64 level = DatumGetInt64(pg::result_value(row, 2, &isnull));
             int64 in_flight = 0;
-            if (!standby) {
-                text* t = DatumGetTextPP(item);
-                StockItem s = stock_item(nsp, item, idem::Item{{VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)}});
-                if (Entry* entry = find_locked(s)) {
-                    SpinLockAcquire(&entry->mutex);
-                    level = entry->level;
-                    in_flight = entry->in_flight;
-                    SpinLockRelease(&entry->mutex);
-                    LWLockRelease(entries_lock);
-                }
+            text* t = DatumGetTextPP(item);
+            StockItem s = stock_item(nsp, item, idem::Item{{VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)}});
+            if (Entry* entry = find_locked(s)) {
+                SpinLockAcquire(&entry->mutex);
+                level = entry->level;
+                in_flight = entry->in_flight;
+                SpinLockRelease(&entry->mutex);
+                LWLockRelease(entries_lock);
             }
             MemoryContext old = MemoryContextSwitchTo(cxt);
             Datum values[3] = {datumCopy(item, false, -1), Int64GetDatum(level), Int64GetDatum(in_flight)};

@@ -31,7 +31,7 @@ $primary->stop;
 $standby->promote;
 
 is($old_snapshot->query_safe(q{SELECT idem_stock_level('console')}), '4',
-	'after the promotion the old snapshot loads the committed level, not the one it saw');
+	'after the promotion the old snapshot sees the committed level, not the one it saw');
 $old_snapshot->query_safe('COMMIT');
 $old_snapshot->quit;
 

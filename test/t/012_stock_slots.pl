@@ -49,8 +49,10 @@ for my $item ('a', 'b', 'c')
 	push @holders, $session;
 }
 my ($ret, $stdout, $stderr) = $node->psql('postgres', "\\set VERBOSITY verbose\nSELECT idem_stock_add('d', 1)");
-like($stderr, qr/ERROR:  53400: pg_idem hot stock has units in flight for 3 items, its maximum, and cannot take item "d"/,
+like($stderr, qr/ERROR:  53400: pg_idem hot stock has units in flight for 3 items, its maximum, and no room for item "d"/,
 	'53400 when every slot has units in flight');
+is($node->safe_psql('postgres', q{SELECT idem_stock_level('d'), (SELECT level FROM idem_stock WHERE item = 'd')}), '5|5',
+	'the level of an item without a slot is read from the tables');
 $holders[0]->query_safe('COMMIT');
 is($node->safe_psql('postgres', q{SELECT idem_stock_add('d', 1)}), '6', 'a slot is free again once one of them commits');
 $_->query_safe('ROLLBACK') for @holders[ 1 .. 2 ];
