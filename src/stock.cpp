@@ -929,8 +929,10 @@ IDEM_SQL_FUNCTION(idem_stock_take)
         UnitWait wait = {};
         for (;;) {
             Entry* entry = entry_locked(c.s);
-            if (entry == nullptr)
+            if (entry == nullptr) {
+                end_wait(&wait);
                 raise_unknown_item(c.s);
+            }
             int64 taken, delta, level;
             own_changes(entry, &taken, &delta);
             Take take = reserve_take(entry, c.n, taken, &level);
