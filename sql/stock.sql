@@ -60,6 +60,22 @@ SELECT idem_stock_add('ghost', 1);
 ROLLBACK;
 SELECT pg_temp.error_of($$SELECT idem_stock_take('ghost', 1)$$);
 SELECT pg_temp.error_of($$SELECT idem_stock_level('ghost')$$);
+-- Adding to it later creates it for real: its row commits with the add, so
+-- the ledger rows have an item row to be folded into (test/t/011).
+SELECT idem_stock_add('ghost', 5);
+SELECT idem_stock_take('ghost', 2);
+SELECT item, level FROM idem_stock_items WHERE item = 'ghost';
+SELECT idem_stock_level('ghost');
+
+-- The level counts committed takes and adds only, as the idem_stock view
+-- does, also for an item that is sold out.
+SELECT idem_stock_add('vase', 1);
+SELECT idem_stock_take('vase', 1);
+BEGIN;
+SELECT idem_stock_add('vase', 5) AS level_seen_by_this_transaction;
+SELECT idem_stock_level('vase') AS committed_level, (SELECT level FROM idem_stock WHERE item = 'vase') AS view_level;
+COMMIT;
+SELECT idem_stock_level('vase') AS committed_level, (SELECT level FROM idem_stock WHERE item = 'vase') AS view_level;
 
 -- Units added in this transaction are for sale once it commits.
 BEGIN;

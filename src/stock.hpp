@@ -9,8 +9,10 @@ namespace idem::stock {
 // From _PG_init while shared_preload_libraries loads pg_idem.
 void init_preloaded();
 
-// Folds at most `max_rows` committed ledger rows into their items' levels;
-// the purge worker calls it. Runs inside SPI_connect. Returns rows folded.
+// Folds committed ledger rows into their items' levels: all of those of the
+// items named in the first `max_rows` ledger rows. The purge worker calls it;
+// it may run in a transaction of its own or share one. Runs inside
+// SPI_connect. Returns the rows folded.
 int64 fold_committed_ledger(Oid extension_namespace, int64 max_rows);
 
 }  // namespace idem::stock

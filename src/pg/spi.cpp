@@ -8,6 +8,7 @@ extern "C" {
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 }
 
@@ -114,7 +115,10 @@ Oid installed_namespace()
     return DatumGetObjectId(result_value(0, 1, &isnull));
 }
 
-uint64 run(Statement& stmt, Oid extension_namespace, Datum* values, const char* nulls)
+namespace {
+
+// Runs `stmt` under the caller's snapshot, or under the latest one.
+uint64 execute(Statement& stmt, Oid extension_namespace, Datum* values, const char* nulls, bool latest)
 {
     const char* schema = extension_schema(extension_namespace);
     pin_search_path();
@@ -131,11 +135,26 @@ uint64 run(Statement& stmt, Oid extension_namespace, Datum* values, const char* 
         stmt.plan = plan;
         stmt.generation = generation;
     }
-    int rc = SPI_execute_plan(stmt.plan, values, nulls, false, 0);
+    // Not read-only, so that SPI advances the command counter: the latest
+    // snapshot then also sees this transaction's earlier statements.
+    int rc = latest ? SPI_execute_snapshot(stmt.plan, values, nulls, GetLatestSnapshot(), InvalidSnapshot, false, true, 0)
+                    : SPI_execute_plan(stmt.plan, values, nulls, false, 0);
     if (rc < 0)
         elog(ERROR, "pg_idem: SPI_execute_plan failed: %s", SPI_result_code_string(rc));
     PopOverrideSearchPath();
     return SPI_processed;
+}
+
+}  // namespace
+
+uint64 run(Statement& stmt, Oid extension_namespace, Datum* values, const char* nulls)
+{
+    return execute(stmt, extension_namespace, values, nulls, false);
+}
+
+uint64 run_latest(Statement& stmt, Oid extension_namespace, Datum* values, const char* nulls)
+{
+    return execute(stmt, extension_namespace, values, nulls, true);
 }
 
 Datum result_value(uint64 row, int col, bool* isnull)

@@ -38,6 +38,12 @@ uint64 run(Statement& stmt, Oid extension_namespace, Datum* values, const char* 
 // The same, for the extension of the SQL function that `fcinfo` calls.
 uint64 run(Statement& stmt, FunctionCallInfo fcinfo, Datum* values, const char* nulls);
 
+// The same under the latest snapshot instead of the caller's: it sees every
+// transaction committed so far (and this transaction's own earlier
+// statements), whatever the isolation level and however old the caller's
+// snapshot is.
+uint64 run_latest(Statement& stmt, Oid extension_namespace, Datum* values, const char* nulls);
+
 // The schema pg_idem is installed in, in the current database; InvalidOid
 // when it is not installed. For code that no SQL function calls (the
 // worker); runs inside SPI_connect.
