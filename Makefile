@@ -24,7 +24,7 @@ PG_CXXFLAGS = -std=c++17 -Wall -Wextra -Wno-register -Wno-missing-field-initiali
               -Wno-unused-parameter $(if $(WERROR),-Werror)
 PG_CPPFLAGS = -I$(srcdir)/src -MMD -MP
 SHLIB_LINK  = -lstdc++
-EXTRA_CLEAN = $(SRCS:.cpp=.d) results output_iso regression.diffs regression.out $(STRESS)
+EXTRA_CLEAN = $(SRCS:.cpp=.d) results output_iso regression.diffs regression.out $(STRESS) $(UNIT)
 
 # Debian's server is built with LLVM, and the bitcode rule would compile our
 # sources with clang without PG_CXXFLAGS. pg_idem's functions spend their time
@@ -48,6 +48,15 @@ STRESS = test/stress/idem_stress
 stress: $(STRESS)
 $(STRESS): test/stress/idem_stress.cpp
 	$(CXX) -std=c++17 -O2 -Wall -Wextra $(if $(WERROR),-Werror) -o $@ $< -lpqxx -lpq -pthread
+
+# Unit tests of the plain C++ in src/core, which needs no server: `make unit`
+# builds and runs them.
+UNIT = test/unit/sha256_test
+.PHONY: unit
+unit: $(UNIT)
+	./$(UNIT)
+$(UNIT): test/unit/sha256_test.cpp src/core/sha256.cpp src/core/sha256.hpp
+	$(CXX) -std=c++17 -O2 -Wall -Wextra $(if $(WERROR),-Werror) -I$(srcdir)/src -o $@ test/unit/sha256_test.cpp src/core/sha256.cpp
 
 # The split between plain C++ and PostgreSQL code is checked at build time.
 .PHONY: core-check

@@ -2,6 +2,12 @@
 
 #include <cstring>
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <immintrin.h>
+#define IDEM_SHA_NI 1
+#endif
+
 namespace idem {
 namespace {
 
@@ -32,17 +38,78 @@ inline void store_be32(uint8_t* p, uint32_t v)
     p[3] = uint8_t(v);
 }
 
+#ifdef IDEM_SHA_NI
+// One block with the SHA-NI instructions. They keep the state as two
+// vectors, ABEF and CDGH (highest lane first), and do two rounds per
+// sha256rnds2; sha256msg1/msg2 extend the message four words at a time:
+// W[t..t+3] = msg2(msg1(W[t-16..], W[t-12..]) + W[t-7..t-4], W[t-4..t-1]).
+__attribute__((target("sha,sse4.1"))) void compress_with_sha_extensions(uint32_t state[8], const uint8_t block[64])
+{
+    const __m128i big_endian = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    __m128i dcba = _mm_loadu_si128(reinterpret_cast<const __m128i*>(&state[0]));
+    __m128i hgfe = _mm_loadu_si128(reinterpret_cast<const __m128i*>(&state[4]));
+    __m128i cdab = _mm_shuffle_epi32(dcba, 0xB1);
+    __m128i efgh = _mm_shuffle_epi32(hgfe, 0x1B);
+    __m128i abef = _mm_alignr_epi8(cdab, efgh, 8);
+    __m128i cdgh = _mm_blend_epi16(efgh, cdab, 0xF0);
+    const __m128i abef_before = abef, cdgh_before = cdgh;
+
+    // m[g % 4] holds message words 4g..4g+3 once group g has begun.
+    __m128i m[4];
+    for (int i = 0; i < 4; i++)
+        m[i] = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 16 * i)), big_endian);
+    for (int g = 0; g < 16; g++) {
+        if (g >= 4) {
+            __m128i w = _mm_sha256msg1_epu32(m[g & 3], m[(g + 1) & 3]);
+            w = _mm_add_epi32(w, _mm_alignr_epi8(m[(g + 3) & 3], m[(g + 2) & 3], 4));
+            m[g & 3] = _mm_sha256msg2_epu32(w, m[(g + 3) & 3]);
+        }
+        __m128i wk = _mm_add_epi32(m[g & 3], _mm_loadu_si128(reinterpret_cast<const __m128i*>(&kRound[4 * g])));
+        cdgh = _mm_sha256rnds2_epu32(cdgh, abef, wk);
+        abef = _mm_sha256rnds2_epu32(abef, cdgh, _mm_shuffle_epi32(wk, 0x0E));
+    }
+    abef = _mm_add_epi32(abef, abef_before);
+    cdgh = _mm_add_epi32(cdgh, cdgh_before);
+
+    __m128i feba = _mm_shuffle_epi32(abef, 0x1B);
+    __m128i dchg = _mm_shuffle_epi32(cdgh, 0xB1);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(&state[0]), _mm_blend_epi16(feba, dchg, 0xF0));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(&state[4]), _mm_alignr_epi8(dchg, feba, 8));
+}
+#endif
+
 }  // namespace
 
-Sha256::Sha256()
-    // First 32 bits of the fractional parts of the square roots of the first 8 primes.
-    : state_{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
-             0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19}
+bool Sha256::sha_extensions_available()
+{
+#ifdef IDEM_SHA_NI
+    static const bool available = [] {
+        unsigned a, b, c, d;
+        if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_SSE4_1) || !(c & bit_SSSE3))
+            return false;
+        return __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & bit_SHA) != 0;
+    }();
+    return available;
+#else
+    return false;
+#endif
+}
+
+Sha256::Sha256(bool use_sha_extensions)
+    : use_sha_extensions_(use_sha_extensions && sha_extensions_available()),
+      // First 32 bits of the fractional parts of the square roots of the first 8 primes.
+      state_{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19}
 {
 }
 
 void Sha256::compress(const uint8_t block[64])
 {
+#ifdef IDEM_SHA_NI
+    if (use_sha_extensions_) {
+        compress_with_sha_extensions(state_, block);
+        return;
+    }
+#endif
     uint32_t w[64];
     for (int i = 0; i < 16; i++)
         w[i] = load_be32(block + 4 * i);
@@ -93,16 +160,20 @@ void Sha256::update(const void* data, size_t size)
 
 void Sha256::finish(uint8_t digest[digest_size])
 {
+    // 0x80, zeros up to 8 bytes short of a block's end (in a second block if
+    // this one has no room), then the message's length in bits, big-endian.
     uint64_t bit_length = total_bytes_ * 8;
-    const uint8_t pad_start = 0x80;
-    const uint8_t zero = 0;
-    update(&pad_start, 1);
-    while (buffered_ != 56)
-        update(&zero, 1);
-    uint8_t length_be[8];
+    buffer_[buffered_++] = 0x80;
+    if (buffered_ > 56) {
+        std::memset(buffer_ + buffered_, 0, 64 - buffered_);
+        compress(buffer_);
+        buffered_ = 0;
+    }
+    std::memset(buffer_ + buffered_, 0, 56 - buffered_);
     for (int i = 0; i < 8; i++)
-        length_be[i] = uint8_t(bit_length >> (56 - 8 * i));
-    update(length_be, 8);
+        buffer_[56 + i] = uint8_t(bit_length >> (56 - 8 * i));
+    compress(buffer_);
+    buffered_ = 0;
     for (int i = 0; i < 8; i++)
         store_be32(digest + 4 * i, state_[i]);
 }

@@ -14,13 +14,19 @@ class Sha256 {
 public:
     static constexpr size_t digest_size = 32;
 
-    Sha256();
+    // Where the CPU has the SHA extensions (x86-64: SHA-NI), blocks are
+    // compressed with them, at about a fifth of the instructions; the
+    // portable code gives the same digest everywhere else.
+    static bool sha_extensions_available();
+
+    explicit Sha256(bool use_sha_extensions = sha_extensions_available());
     void update(const void* data, size_t size);
     void finish(uint8_t digest[digest_size]);
 
 private:
     void compress(const uint8_t block[64]);
 
+    bool use_sha_extensions_;
     uint32_t state_[8];
     uint8_t buffer_[64];
     size_t buffered_ = 0;
