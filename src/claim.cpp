@@ -51,7 +51,8 @@ struct ClaimOutcome {
 struct ClaimRequest {
     pg::ScopeArg scope;
     pg::KeyArg key;
-    pg_uuid_t hash;
+    bool hashed;     // hash is computed only when needed: a new key never needs it
+    pg_uuid_t hash;  // the index's idem_key_hash(scope, key)
     pg::Ttl ttl;
     bool has_fingerprint;
     int64 fingerprint;  // jsonb_hash_extended of the request
@@ -81,13 +82,13 @@ Statement renew_claim = {
     4, {TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID, UUIDOID}};
 
 // idem_claim_many's first step: every key in one statement, in the order
-// given (hash order, see there). Keys that meet an existing row are left to
-// claim_core, one by one.
+// given (byte order, see there). The keys it inserted come back in that
+// order; keys that meet an existing row are left to claim_core, one by one.
 Statement insert_claims = {
     "INSERT INTO @extschema@.idem_claims (scope, key, claimed_at, expires_at) "
     "SELECT $1, k, $2, $3 FROM pg_catalog.unnest($4::pg_catalog.text[]) WITH ORDINALITY AS u(k, i) ORDER BY i "
     "ON CONFLICT (@extschema@.idem_key_hash(scope, key)) DO NOTHING "
-    "RETURNING @extschema@.idem_key_hash(scope, key)",
+    "RETURNING key",
     4, {TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTARRAYOID}};
 
 Statement store_response = {
@@ -132,6 +133,11 @@ KeyInScope key_in_scope(FunctionCallInfo fcinfo, int key_argno, int scope_argno)
     return k;
 }
 
+bool same_text(const Text& a, const Text& b)
+{
+    return a.size == b.size && std::memcmp(a.data, b.data, a.size) == 0;
+}
+
 bool is_live(bool never_expires, TimestampTz expires_at, TimestampTz now)
 {
     return never_expires || now < expires_at;
@@ -142,7 +148,7 @@ ClaimRequest claim_request(FunctionCallInfo fcinfo, pg::KeyArg key, int scope_ar
     ClaimRequest r;
     r.scope = pg::scope_arg(fcinfo, scope_argno, "scope");
     r.key = key;
-    r.hash = uuid_of(key_hash(r.scope.scope, r.key.key));
+    r.hashed = false;
     r.ttl = pg::ttl_arg(fcinfo, ttl_argno, "ttl", true);
     r.has_fingerprint = false;
     r.fingerprint = 0;
@@ -162,7 +168,7 @@ ClaimRequest claim_request(FunctionCallInfo fcinfo, pg::KeyArg key, int scope_ar
 // The heart of claiming; runs inside SPI_connect. Every decision is judged
 // by the clock at the moment it is made: a statement may have waited for
 // another transaction, and a claim may have expired meanwhile.
-ClaimOutcome claim_core(const ClaimRequest& r, FunctionCallInfo fcinfo, MemoryContext result_cxt)
+ClaimOutcome claim_core(ClaimRequest r, FunctionCallInfo fcinfo, MemoryContext result_cxt)
 {
     for (int round = 0; round < max_claim_rounds; round++) {
         // 1. The common case, a key nobody holds: one INSERT.
@@ -179,6 +185,10 @@ ClaimOutcome claim_core(const ClaimRequest& r, FunctionCallInfo fcinfo, MemoryCo
         // 2. A row holds the key; if its writer was still running, the INSERT
         //    waited for it. Read what is there now.
         now = GetCurrentTimestamp();
+        if (!r.hashed) {
+            r.hash = uuid_of(key_hash(r.scope.scope, r.key.key));
+            r.hashed = true;
+        }
         Datum probe_values[3] = {r.scope.datum, r.key.datum, UUIDPGetDatum(&r.hash)};
         if (pg::run(probe_claim, fcinfo, probe_values, nullptr) == 0)
             continue;  // deleted in between (idem_forget, purge): try again
@@ -379,9 +389,9 @@ IDEM_SQL_FUNCTION(idem_finish)
 // idem_claim_many(keys text[], scope text DEFAULT 'default', ttl interval DEFAULT NULL)
 //   RETURNS TABLE (key text, claimed boolean)
 //
-// Keys are claimed in the order of their hashes, whatever order the caller
-// gives, so two batches that share keys wait for each other instead of
-// deadlocking; rows come back in the caller's order, one per distinct key.
+// Keys are claimed in byte order, whatever order the caller gives, so two
+// batches that share keys wait for each other instead of deadlocking; rows
+// come back in the caller's order, one per distinct key.
 IDEM_SQL_FUNCTION(idem_claim_many)
 {
     return pg::guarded([&]() -> Datum {
@@ -408,35 +418,32 @@ IDEM_SQL_FUNCTION(idem_claim_many)
         }
         ClaimRequest base = claim_request(fcinfo, pg::KeyArg{0, Key{{"", 0}}}, 1, 2);
 
-        auto* hashes = static_cast<KeyHash*>(palloc(sizeof(KeyHash) * Max(n, 1)));
+        // Byte order: one total order of keys that every batch follows.
         auto* order = static_cast<int*>(palloc(sizeof(int) * Max(n, 1)));
-        for (int i = 0; i < n; i++) {
-            hashes[i] = key_hash(base.scope.scope, keys[i].key);
+        for (int i = 0; i < n; i++)
             order[i] = i;
-        }
         std::sort(order, order + n, [&](int a, int b) {
-            int c = std::memcmp(hashes[a].bytes, hashes[b].bytes, sizeof hashes[a].bytes);
-            return c != 0 ? c < 0 : a < b;
+            const Text& x = keys[a].key.text;
+            const Text& y = keys[b].key.text;
+            int c = std::memcmp(x.data, y.data, Min(x.size, y.size));
+            if (c != 0)
+                return c < 0;
+            return x.size != y.size ? x.size < y.size : a < b;
         });
 
         // first[i]: the index of the first occurrence of keys[i]'s key;
-        // distinct[]: the first occurrences, in hash order.
+        // distinct[]: the first occurrences, in byte order.
         auto* first = static_cast<int*>(palloc(sizeof(int) * Max(n, 1)));
         auto* claimed = static_cast<bool*>(palloc0(sizeof(bool) * Max(n, 1)));
         auto* distinct = static_cast<int*>(palloc(sizeof(int) * Max(n, 1)));
         int n_distinct = 0;
         for (int j = 0; j < n; j++) {
             int i = order[j];
-            first[i] = i;
-            if (j > 0 && std::memcmp(hashes[i].bytes, hashes[order[j - 1]].bytes, sizeof hashes[i].bytes) == 0) {
-                int prev = first[order[j - 1]];
-                const Text& a = keys[i].key.text;
-                const Text& b = keys[prev].key.text;
-                if (a.size == b.size && std::memcmp(a.data, b.data, a.size) == 0) {
-                    first[i] = prev;
-                    continue;
-                }
+            if (j > 0 && same_text(keys[i].key.text, keys[order[j - 1]].key.text)) {
+                first[i] = first[order[j - 1]];
+                continue;
             }
+            first[i] = i;
             distinct[n_distinct++] = i;
         }
 
@@ -455,23 +462,20 @@ IDEM_SQL_FUNCTION(idem_claim_many)
                                PointerGetDatum(batch)};
             const char nulls[4] = {' ', ' ', expiry.never ? 'n' : ' ', ' '};
             uint64 inserted = pg::run(insert_claims, fcinfo, values, nulls);
+            // The inserted keys come back in the order of distinct[]: walk
+            // both (and search from the start should one not).
+            int d = 0;
             for (uint64 row = 0; row < inserted; row++) {
                 bool isnull;
-                auto* hash = DatumGetUUIDP(pg::result_value(row, 1, &isnull));
-                // Binary search in distinct[], which is in hash order.
-                int lo = 0, hi = n_distinct - 1;
-                while (lo <= hi) {
-                    int mid = (lo + hi) / 2;
-                    int c = std::memcmp(hashes[distinct[mid]].bytes, hash->data, UUID_LEN);
-                    if (c == 0) {
-                        claimed[distinct[mid]] = true;
-                        break;
-                    }
-                    if (c < 0)
-                        lo = mid + 1;
-                    else
-                        hi = mid - 1;
-                }
+                text* returned = DatumGetTextPP(pg::result_value(row, 1, &isnull));
+                Text t{VARDATA_ANY(returned), VARSIZE_ANY_EXHDR(returned)};
+                int from = d;
+                while (d < n_distinct && !same_text(keys[distinct[d]].key.text, t))
+                    d++;
+                if (d == n_distinct)
+                    for (d = 0; d < from && !same_text(keys[distinct[d]].key.text, t); d++) {}
+                if (d < n_distinct)
+                    claimed[distinct[d++]] = true;
             }
             stats::count(stats::claim_new, base.scope.scope, inserted);
             SPI_freetuptable(SPI_tuptable);
@@ -483,7 +487,6 @@ IDEM_SQL_FUNCTION(idem_claim_many)
                 continue;
             ClaimRequest r = base;
             r.key = keys[i];
-            r.hash = uuid_of(hashes[i]);
             claimed[i] = claim_core(r, fcinfo, cxt).status == ClaimStatus::new_claim;
         }
         SPI_finish();
