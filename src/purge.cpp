@@ -16,6 +16,7 @@ namespace idem::purge {
 
 int interval_ms = 10000;
 int batch_size = 10000;
+int delay_ms = 10;
 char* databases = nullptr;
 
 namespace {
@@ -59,6 +60,10 @@ void define_gucs()
     DefineCustomIntVariable("pg_idem.purge_batch_size",
                             "How many expired rows one purge transaction deletes at most.",
                             nullptr, &batch_size, 10000, 1, 1000000, PGC_SUSET, 0, nullptr, nullptr, nullptr);
+    DefineCustomIntVariable("pg_idem.purge_delay",
+                            "How long the purge worker pauses between full batches.",
+                            "Like vacuum's cost delay: the CPU it leaves to the claims while a backlog is purged.",
+                            &delay_ms, 10, 0, 10000, PGC_SUSET, GUC_UNIT_MS, nullptr, nullptr, nullptr);
 }
 
 int64 delete_expired(Oid extension_namespace, TimestampTz now, int64 max_rows)

@@ -2,7 +2,8 @@
 // registered at server start when pg_idem is preloaded. Each round is two
 // short transactions: one deletes at most pg_idem.purge_batch_size expired
 // rows, the other folds as many committed hot-stock ledger rows into their
-// items. Rounds follow each other while there is more to do, otherwise the
+// items. Rounds follow each other, pg_idem.purge_delay apart, while there is
+// more to do; otherwise the
 // worker sleeps pg_idem.purge_interval. An error is logged and the worker
 // goes on after the interval; SIGTERM (shutdown) ends it between rounds.
 #include "purge.hpp"
@@ -153,7 +154,7 @@ void idem_purge_worker_main(Datum)
         // between transactions: autovacuum finds the dead rows only there.
         // Forced before a sleep, so nothing waits a whole interval.
         pgstat_report_stat(!more);
-        long sleep_ms = more ? 0 : interval_ms;
+        long sleep_ms = more ? delay_ms : interval_ms;
         (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, sleep_ms, PG_WAIT_EXTENSION);
         ResetLatch(MyLatch);
         CHECK_FOR_INTERRUPTS();
