@@ -101,7 +101,10 @@ public:
             requests_.push_back(Request{"order-" + std::to_string(opt_.seed) + "-" + std::to_string(i),
                                         1 + static_cast<int>((i * 7919u) % 50), 1 + i % 3});
         // The stream: every request once, and retries of requests already
-        // sent, interleaved; a retry always follows its first send.
+        // sent, interleaved; a retry always follows its first send. Then late
+        // retries of requests from the whole run (a queue redelivering old
+        // messages): retries that arrive long after the first attempt catch
+        // what quick ones cannot, such as a claim that expires too soon.
         std::uniform_real_distribution<double> coin(0, 1);
         int next_new = 0;
         while (next_new < opt_.requests) {
@@ -112,6 +115,9 @@ public:
                 stream_.push_back(next_new++);
             }
         }
+        std::uniform_int_distribution<int> any(0, opt_.requests - 1);
+        for (int late = 0; late < opt_.requests / 10; late++)
+            stream_.push_back(any(rng_));
         if (!opt_.acked_file.empty())
             acked_.open(opt_.acked_file, std::ios::app);
     }
@@ -349,7 +355,7 @@ private:
         if (opt_.demo) {
             std::printf("  %d shoppers on a flaky network sent %ld requests for %d orders:\n", opt_.clients, sends,
                         opt_.requests);
-            std::printf("  %ld were retries of a request already sent (double clicks, timeouts);\n",
+            std::printf("  %ld were retries of a request already sent (double clicks, timeouts, redeliveries);\n",
                         sends - opt_.requests);
             std::printf("  %ld connections dropped mid-request, %ld of them while committing,\n", dropped_.load(),
                         totals_.in_doubt.load());
