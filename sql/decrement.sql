@@ -138,8 +138,10 @@ SELECT idem_decrement('stock_also', 'sku', 1, 'amount', 1) AS also_rule;
 SELECT * FROM stock_audit;
 
 -- A BEFORE UPDATE trigger that returns NULL keeps the row as it was, as in
--- plain SQL (UPDATE 0): the helper answers NULL after its one UPDATE,
--- which ran the trigger once (it ran it 100 times, then raised 40001).
+-- plain SQL (UPDATE 0): the helper answers NULL. The look-up finds the row
+-- holding enough, which is also what a row replaced meanwhile looks like,
+-- so the UPDATE runs once more: the trigger runs twice per call (it ran
+-- 100 times, then raised 40001, before the helpers stopped at two).
 CREATE TABLE stock_held (sku int PRIMARY KEY, amount int NOT NULL);
 INSERT INTO stock_held VALUES (1, 5);
 CREATE SEQUENCE trigger_calls;  -- counts what a rollback does not undo

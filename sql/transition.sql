@@ -65,9 +65,11 @@ INSERT INTO tickets VALUES (2, NULL);
 SELECT pg_temp.error_of($$SELECT idem_transition('tickets', 'id', 2, 'status', 'open', 'closed')$$);
 
 -- A BEFORE UPDATE trigger that returns NULL keeps the row in from_state:
--- IK003 saying the UPDATE changed nothing, after one UPDATE that ran the
--- trigger once (it ran it 100 times, then raised 40001). Never false,
--- which would tell the caller the row is already in to_state.
+-- IK003 saying the UPDATE changed nothing. The look-up finds the row in
+-- from_state, which is also what a row replaced meanwhile looks like, so
+-- the UPDATE runs once more: the trigger runs twice per call (it ran 100
+-- times, then raised 40001, before the helpers stopped at two). Never
+-- false, which would tell the caller the row is already in to_state.
 CREATE TABLE held_orders (id int PRIMARY KEY, state text NOT NULL);
 INSERT INTO held_orders VALUES (1, 'created');
 CREATE SEQUENCE trigger_calls;  -- counts what a rollback does not undo

@@ -2,7 +2,8 @@
 // (SPEC "Conditional decrement"): one atomic
 //   UPDATE [ONLY] rel SET amount = amount - n WHERE key = $key AND amount >= n RETURNING amount
 // in the caller's transaction, with the caller's rights, row-level security
-// and triggers, answered after that one UPDATE. Under concurrency the row
+// and triggers (run once more only when the row was replaced meanwhile: see
+// below). Under concurrency the row
 // lock does the work: a second decrement waits for the first and re-checks
 // `amount >= n` against the amount the first left (READ COMMITTED), so the
 // amount never drops below zero and every successful decrement is counted
@@ -112,12 +113,13 @@ SPIPlanPtr change_plan(const pg::RowTarget& target, const pg::Column& amount, pg
     return plans->change;
 }
 
-SPIPlanPtr look_plan(const pg::RowTarget& target, pg::CachedPlans* plans)
+SPIPlanPtr look_plan(const pg::RowTarget& target, const pg::Column& amount, pg::CachedPlans* plans)
 {
     if (plans->look == nullptr) {
-        Oid types[1] = {target.key_arg_type};
-        plans->look = pg::prepare_kept(
-            psprintf("SELECT FROM %s WHERE %s", target.target_sql, pg::key_condition(target)), 1, types);
+        Oid types[2] = {target.key_arg_type, amount.type};
+        plans->look = pg::prepare_kept(psprintf("SELECT %s >= $2 FROM %s WHERE %s", amount.sql, target.target_sql,
+                                                pg::key_condition(target)),
+                                       2, types);
     }
     return plans->look;
 }
@@ -153,19 +155,28 @@ IDEM_SQL_FUNCTION(idem_decrement)
             pg::cached_plans(pg::PlanKey{target.relid, target.key_column.att, amount.att, target.key_arg_type, decrement_plans});
         pg::check_target(target, plans);
         Datum values[2] = {target.key, by};
-        if (pg::run_change(target, change_plan(target, amount, plans), values) == 1) {
-            Datum result = new_amount(target, amount);
-            SPI_finish();
-            stats::count(stats::decrement_done);
-            return result;
+        for (int attempt = 1;; attempt++) {
+            if (pg::run_change(target, change_plan(target, amount, plans), values) == 1) {
+                Datum result = new_amount(target, amount);
+                SPI_finish();
+                stats::count(stats::decrement_done);
+                return result;
+            }
+            // Nothing changed. Under READ COMMITTED the UPDATE judged the
+            // newest committed version of the row it found, so its answer
+            // stands: the look-up tells "no row" (P0002) from "the row was
+            // not decremented" (NULL) -- it held less than n, or a BEFORE
+            // trigger or a row-level security policy for UPDATE kept it as
+            // it was, where plain SQL says UPDATE 0. Only a row that holds
+            // enough by the look-up's newer snapshot gets one more UPDATE:
+            // another transaction replaced the row the UPDATE waited for
+            // (deleted and inserted it again, or gave it this key).
+            pg::run_look(target, look_plan(target, amount, plans), values);
+            bool isnull;
+            bool holds_enough = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+            if (isnull || !holds_enough || attempt == 2)
+                break;
         }
-        // Nothing changed. Under READ COMMITTED the UPDATE judged the newest
-        // committed version of the row, so its answer stands and is never
-        // retried: the look-up only tells "no row" (P0002) from "the row was
-        // not decremented" (NULL) -- it held less than n, or a BEFORE
-        // trigger or a row-level security policy for UPDATE kept it as it
-        // was, where plain SQL says UPDATE 0.
-        pg::run_look(target, look_plan(target, plans), values);
         SPI_finish();
         stats::count(stats::decrement_insufficient);
         PG_RETURN_NULL();

@@ -1,8 +1,8 @@
 // idem_transition: "is it already in the target state?" (SPEC "State
 // transitions") as one atomic
 //   UPDATE [ONLY] rel SET state = to WHERE key = $key AND state = from RETURNING true
-// in the caller's transaction, with the caller's rights, answered after
-// that one UPDATE. A repeated request
+// in the caller's transaction, with the caller's rights (run once more only
+// when the row was replaced meanwhile: see below). A repeated request
 // finds the row already in `to` and changes nothing (false); two racing
 // transitions serialise on the row lock and the second re-checks `state =
 // from` against what the first committed, so exactly one of them moves it.
@@ -26,6 +26,25 @@ constexpr int transition_plans = 2;  // PlanKey::kind
 // and collation (boolean 'true' and 't', citext 'Paid' and 'paid'), as the
 // UPDATE's `=` will compare them. A type without an equality operator
 // compares the labels byte for byte; its UPDATE will fail anyway (42883).
+void naming_the_argument(void* arg)
+{
+    errcontext("reading %s as a state of idem_transition()", static_cast<const char*>(arg));
+}
+
+// A state argument read by the column type's input function: an unknown
+// enum label is that type's 22P02, with a context line naming the argument.
+Datum state_value(Datum text_value, const char* arg_name, Oid input, Oid ioparam)
+{
+    ErrorContextCallback context;
+    context.callback = naming_the_argument;
+    context.arg = const_cast<char*>(arg_name);
+    context.previous = error_context_stack;
+    error_context_stack = &context;
+    Datum value = OidInputFunctionCall(input, TextDatumGetCString(text_value), ioparam, -1);
+    error_context_stack = context.previous;
+    return value;
+}
+
 bool same_state(Datum from, Datum to, const pg::Column& state)
 {
     TypeCacheEntry* type = lookup_type_cache(state.type, TYPECACHE_EQ_OPR_FINFO);
@@ -34,8 +53,8 @@ bool same_state(Datum from, Datum to, const pg::Column& state)
     Oid input;
     Oid ioparam;
     getTypeInputInfo(state.type, &input, &ioparam);
-    Datum a = OidInputFunctionCall(input, TextDatumGetCString(from), ioparam, -1);
-    Datum b = OidInputFunctionCall(input, TextDatumGetCString(to), ioparam, -1);
+    Datum a = state_value(from, "from_state", input, ioparam);
+    Datum b = state_value(to, "to_state", input, ioparam);
     return DatumGetBool(FunctionCall2Coll(&type->eq_opr_finfo, state.collation, a, b));
 }
 
@@ -99,20 +118,27 @@ IDEM_SQL_FUNCTION(idem_transition)
             pg::cached_plans(pg::PlanKey{target.relid, target.key_column.att, state.att, target.key_arg_type, transition_plans});
         pg::check_target(target, plans);
         Datum values[3] = {target.key, from, to};
-        if (pg::run_change(target, plan(Statement::change, target, state, plans), values) == 1) {
-            SPI_finish();
-            PG_RETURN_BOOL(true);
+        bool isnull, at_to, at_from;
+        const char* current_state;
+        for (int attempt = 1;; attempt++) {
+            if (pg::run_change(target, plan(Statement::change, target, state, plans), values) == 1) {
+                SPI_finish();
+                PG_RETURN_BOOL(true);
+            }
+            // Nothing changed. Under READ COMMITTED the UPDATE judged the
+            // newest committed version of the row it found, so its answer
+            // stands; the look-up tells why. Only a row in from_state by the
+            // look-up's newer snapshot gets one more UPDATE: another
+            // transaction replaced the row the UPDATE waited for.
+            pg::run_look(target, plan(Statement::look, target, state, plans), values);
+            Datum current = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+            current_state = isnull ? "NULL" : quote_literal_cstr(TextDatumGetCString(current));
+            bool unknown;  // a NULL state is neither
+            at_to = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &unknown));
+            at_from = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &unknown));
+            if (isnull || !at_from || attempt == 2)
+                break;
         }
-        // Nothing changed. Under READ COMMITTED the UPDATE judged the newest
-        // committed version of the row, so its answer stands and is never
-        // retried; the look-up tells why.
-        pg::run_look(target, plan(Statement::look, target, state, plans), values);
-        bool isnull;
-        Datum current = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-        const char* current_state = isnull ? "NULL" : quote_literal_cstr(TextDatumGetCString(current));
-        bool unknown;  // a NULL state is neither
-        bool at_to = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &unknown));
-        bool at_from = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &unknown));
         if (!isnull && at_to) {
             SPI_finish();
             PG_RETURN_BOOL(false);  // already there: a repeated request
