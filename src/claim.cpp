@@ -509,15 +509,16 @@ IDEM_SQL_FUNCTION(idem_forget)
     return pg::guarded([&]() -> Datum {
         PreventCommandIfReadOnly("idem_forget()");
         KeyInScope k = key_in_scope(fcinfo, 0, 1);
-        TimestampTz now = GetCurrentTimestamp();
 
         connect_spi();
         Datum values[3] = {k.scope.datum, k.key.datum, UUIDPGetDatum(&k.hash)};
         bool existed = false;
         if (pg::run(forget_claim, fcinfo, values, nullptr) == 1) {
+            // An expired claim is as good as absent, by the clock after the
+            // DELETE, which may have waited for the claim's writer.
             bool never_expires;
             TimestampTz expires_at = DatumGetTimestampTz(pg::result_value(0, 1, &never_expires));
-            existed = is_live(never_expires, expires_at, now);  // an expired claim is as good as absent
+            existed = is_live(never_expires, expires_at, GetCurrentTimestamp());
         }
         SPI_finish();
         return BoolGetDatum(existed);

@@ -23,12 +23,19 @@ extern "C" {
 namespace idem {
 namespace {
 
-// Acquiring takes the lease's row lock first and decides after, by the
-// clock at that moment: a concurrent acquirer of the same name waits for
-// this transaction, and a new fencing token is drawn only while the row is
-// locked, so a later grant always draws a larger one. (A token drawn before
-// the wait could be smaller than the one the other transaction was granted.)
-// Times and tokens are computed here and passed as parameters.
+// Acquiring first reads the lease without locking it: held unexpired by
+// another owner, it is refused at once, and a contender polling inside a
+// long transaction never holds a lock that would block the holder's
+// extension or release. Otherwise it takes the row lock and decides again,
+// by the clock at that moment: a concurrent acquirer of the same name waits
+// for this transaction, and a new fencing token is drawn only while the row
+// is locked, so a later grant always draws a larger one. (A token drawn
+// before the wait could be smaller than the one the other transaction was
+// granted.) Times and tokens are computed here and passed as parameters.
+pg::Statement peek_lease = {
+    "SELECT owner = $2, expires_at FROM @extschema@.idem_leases WHERE name = $1",
+    2, {TEXTOID, TEXTOID}};
+
 pg::Statement lock_lease = {
     "SELECT owner = $2, expires_at, fencing_token FROM @extschema@.idem_leases WHERE name = $1 FOR UPDATE",
     2, {TEXTOID, TEXTOID}};
@@ -52,12 +59,12 @@ pg::Statement grant_lease = {
 pg::Statement extend_lease = {
     "UPDATE @extschema@.idem_leases SET expires_at = $2 WHERE name = $1", 2, {TEXTOID, TIMESTAMPTZOID}};
 
-// The row is deleted whether or not it has expired (an expired lease is as
-// good as absent); `true` only if it was still held, by the clock after the
-// DELETE, which may have waited.
+// A lease expired when the call began is left to the purge. The DELETE may
+// wait for the owner's other transaction; `true` only if the lease was still
+// held by the clock after it.
 pg::Statement release_lease = {
-    "DELETE FROM @extschema@.idem_leases WHERE name = $1 AND owner = $2 RETURNING expires_at",
-    2, {TEXTOID, TEXTOID}};
+    "DELETE FROM @extschema@.idem_leases WHERE name = $1 AND owner = $2 AND expires_at > $3 RETURNING expires_at",
+    3, {TEXTOID, TEXTOID, TIMESTAMPTZOID}};
 
 pg::Statement check_lease = {
     "SELECT 1 FROM @extschema@.idem_leases WHERE name = $1 AND fencing_token = $2 AND expires_at > $3",
@@ -93,12 +100,20 @@ int64 fencing_token(FunctionCallInfo fcinfo)
     return DatumGetInt64(pg::result_value(0, 1, &isnull));
 }
 
-// The end of a granting idem_lease_acquire.
+// The ends of idem_lease_acquire: granted, or refused because another
+// owner holds the lease unexpired (NULL).
 Datum granted(int64 token)
 {
     SPI_finish();
     stats::count(stats::lease_granted);
     return Int64GetDatum(token);
+}
+
+Datum refused(FunctionCallInfo fcinfo)
+{
+    SPI_finish();
+    stats::count(stats::lease_refused);
+    PG_RETURN_NULL();
 }
 
 }  // namespace
@@ -116,8 +131,15 @@ IDEM_SQL_FUNCTION(idem_lease_acquire)
         pg::Ttl ttl = pg::ttl_arg(fcinfo, 2, "ttl", false);
 
         connect_spi();
+        Datum names[2] = {name, owner};
+        if (pg::run(peek_lease, fcinfo, names, nullptr) == 1) {
+            bool same_owner, isnull;
+            same_owner = DatumGetBool(pg::result_value(0, 1, &isnull));
+            TimestampTz expires_at = DatumGetTimestampTz(pg::result_value(0, 2, &isnull));
+            if (!same_owner && GetCurrentTimestamp() < expires_at)
+                return refused(fcinfo);
+        }
         for (int round = 0; round < max_acquire_rounds; round++) {
-            Datum names[2] = {name, owner};
             bool same_owner = false, isnull;
             TimestampTz expires_at = DT_NOBEGIN;
             int64 token = 0;
@@ -130,11 +152,8 @@ IDEM_SQL_FUNCTION(idem_lease_acquire)
             }
             TimestampTz now = GetCurrentTimestamp();
             TimestampTz new_expiry = pg::expiry_at(ttl, now).at;
-            if (now < expires_at && !same_owner) {
-                SPI_finish();
-                stats::count(stats::lease_refused);
-                PG_RETURN_NULL();  // another owner holds it, unexpired
-            }
+            if (now < expires_at && !same_owner)
+                return refused(fcinfo);
             if (now < expires_at) {
                 Datum values[2] = {name, TimestampTzGetDatum(new_expiry)};
                 pg::run(extend_lease, fcinfo, values, nullptr);
@@ -160,7 +179,7 @@ IDEM_SQL_FUNCTION(idem_lease_release)
         Datum name = lease_name_arg(fcinfo, 0, "name");
         Datum owner = lease_name_arg(fcinfo, 1, "owner");
         connect_spi();
-        Datum values[2] = {name, owner};
+        Datum values[3] = {name, owner, TimestampTzGetDatum(GetCurrentTimestamp())};
         bool released = false;
         if (pg::run(release_lease, fcinfo, values, nullptr) == 1) {
             bool isnull;

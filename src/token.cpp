@@ -25,14 +25,15 @@ pg::Statement insert_token = {
     "INSERT INTO @extschema@.idem_tokens (token, scope, issued_at, expires_at) VALUES ($1, $2, $3, $4)",
     4, {UUIDOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID}};
 
-// Expired tokens stay until the purge and count as absent. Whether the row
-// deleted here had expired is judged after the DELETE, by the clock then:
-// the DELETE may have waited for another consumer that rolled back, and the
-// token may have expired meanwhile. (Deleting an expired token does what
-// the purge would.)
+// Expired tokens stay until the purge and count as absent: one expired when
+// the call began is not even locked. The DELETE may wait for another
+// consumer that then rolls back, so whether the token it took had expired
+// meanwhile is judged after it, by the clock then (false; the row is gone,
+// as the purge would have it).
 pg::Statement consume_token = {
-    "DELETE FROM @extschema@.idem_tokens WHERE token = $1 AND scope = $2 RETURNING expires_at",
-    2, {UUIDOID, TEXTOID}};
+    "DELETE FROM @extschema@.idem_tokens "
+    "WHERE token = $1 AND scope = $2 AND (expires_at IS NULL OR expires_at > $3) RETURNING expires_at",
+    3, {UUIDOID, TEXTOID, TIMESTAMPTZOID}};
 
 // A random (version 4) UUID from PostgreSQL's strong random source.
 pg_uuid_t random_token()
@@ -87,7 +88,7 @@ IDEM_SQL_FUNCTION(idem_token_consume)
         pg::ScopeArg scope = pg::scope_arg(fcinfo, 1, "scope");
 
         connect_spi();
-        Datum values[2] = {PG_GETARG_DATUM(0), scope.datum};
+        Datum values[3] = {PG_GETARG_DATUM(0), scope.datum, TimestampTzGetDatum(GetCurrentTimestamp())};
         bool consumed = false;
         if (pg::run(consume_token, fcinfo, values, nullptr) == 1) {
             bool never_expires;
