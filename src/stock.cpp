@@ -78,6 +78,7 @@ struct EntryKey {
 
 struct Entry {
     EntryKey key;
+    int channel;    // its wakeup channel (shared->settled), set when loaded
     slock_t mutex;  // guards the fields below
     int64 level;
     int64 in_flight;      // units taken by transactions still running
@@ -412,6 +413,7 @@ Load insert_entry(const StockItem& s, int64 level, uint32 stamp)
     else {
         bool found;
         auto* entry = static_cast<Entry*>(hash_search_with_hash_value(entries, &s.key, s.hash, HASH_ENTER, &found));
+        entry->channel = static_cast<int>(s.hash % wakeup_channels);
         SpinLockInit(&entry->mutex);
         entry->level = level;
         entry->in_flight = 0;
@@ -476,9 +478,9 @@ Entry* entry_locked(const StockItem& s)
 
 // ---- Wake-ups --------------------------------------------------------------
 
-ConditionVariable* channel_of(const EntryKey& key)
+ConditionVariable* channel_of(int channel)
 {
-    return &shared->settled[get_hash_value(entries, &key) % wakeup_channels];
+    return &shared->settled[channel];
 }
 
 // Wakes the takes waiting for units of the entry, if there are any. The
@@ -490,7 +492,7 @@ void wake_sleepers(Entry* entry)
     entry->sleepers = false;
     SpinLockRelease(&entry->mutex);
     if (sleepers)
-        ConditionVariableBroadcast(channel_of(entry->key));
+        ConditionVariableBroadcast(channel_of(entry->channel));
 }
 
 // ---- What this backend publishes (Holder) ---------------------------------
@@ -603,9 +605,12 @@ void settle(const Change& change, bool committed)
         entry->adding -= change.delta;
     bool sleepers = entry->sleepers;
     entry->sleepers = false;
+    // Read before the lock is let go: once settled, the entry may be
+    // evicted and its memory given to another item.
+    int channel = entry->channel;
     SpinLockRelease(&entry->mutex);
     if (sleepers)
-        ConditionVariableBroadcast(channel_of(entry->key));
+        ConditionVariableBroadcast(channel_of(channel));
 }
 
 void settle_all(bool committed)
@@ -778,7 +783,7 @@ void begin_wait(UnitWait* wait, const StockItem& s)
 {
     wait->started = true;
     wait->since = GetCurrentTimestamp();
-    wait->channel = &shared->settled[s.hash % wakeup_channels];
+    wait->channel = channel_of(static_cast<int>(s.hash % wakeup_channels));
     wait->context.callback = wait_context;
     wait->context.arg = const_cast<StockItem*>(&s);
     wait->context.previous = error_context_stack;
@@ -1004,8 +1009,13 @@ IDEM_SQL_FUNCTION(idem_stock_snapshot)
             int64 level = DatumGetInt64(pg::result_value(row, 2, &isnull));
             int64 in_flight = 0;
             text* t = DatumGetTextPP(item);
-            StockItem s = stock_item(nsp, item, idem::Item{{VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)}});
-            if (Entry* entry = find_locked(s)) {
+            idem::Item name{{VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)}};
+            // A name longer than any the functions accept was written into
+            // the table by hand: shared memory cannot hold it.
+            Entry* entry = nullptr;
+            if (name.text.size <= max_item_bytes)
+                entry = find_locked(stock_item(nsp, item, name));
+            if (entry != nullptr) {
                 SpinLockAcquire(&entry->mutex);
                 level = entry->level;
                 in_flight = entry->in_flight;
