@@ -281,42 +281,51 @@ private:
     {
         pqxx::connection conn(opt_.dsn);
         pqxx::nontransaction q(conn);
-        std::vector<std::string> keys, statuses, order_ids;
+        std::vector<std::string> keys, statuses, order_ids, skus, qtys;
         for (int i = 0; i < opt_.requests; i++) {
             keys.push_back(requests_[i].key);
             statuses.push_back('"' + answers_[i].status + '"');
             order_ids.push_back(std::to_string(answers_[i].order_id));
+            skus.push_back(std::to_string(requests_[i].sku));
+            qtys.push_back(std::to_string(requests_[i].qty));
         }
-        // Per request sent: its claim holds an answer, it has at most one
-        // order, the answer says 'ordered' exactly when that order exists
-        // and names it, and the answer the client got is the stored one.
+        // Per request sent: its claim holds an answer; it has at most one
+        // order, for the product and quantity it asked for; the answer says
+        // 'ordered' exactly when that order exists and names it; 'sold out'
+        // only if the product holds fewer units than asked even now (stock
+        // only falls); and the answer the client got is the stored one.
         pqxx::row per_request = q.exec_params1(R"SQL(
             WITH sent AS (
-                SELECT k AS key, s AS status, o AS order_id
-                FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(k, s, o)),
+                SELECT k AS key, s AS status, o AS order_id, p AS sku, n AS qty
+                FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[], $5::int[]) AS u(k, s, o, p, n)),
             ordered AS (
-                SELECT request_key AS key, count(*) AS orders, min(order_id) AS order_id
-                FROM shop.orders GROUP BY request_key),
+                SELECT o.request_key AS key, count(*) AS orders, min(o.order_id) AS order_id,
+                       bool_and(o.sku = s.sku AND o.qty = s.qty) AS as_asked
+                FROM shop.orders o JOIN sent s ON s.key = o.request_key GROUP BY o.request_key),
             outcome AS (
-                SELECT s.status AS answer_status, s.order_id AS answer_order,
+                SELECT s.status AS answer_status, s.order_id AS answer_order, s.qty, st.amount AS stock_left,
                        c.response ->> 'status' AS stored_status,
                        coalesce((c.response ->> 'order_id')::bigint, 0) AS stored_order,
-                       coalesce(o.orders, 0) AS orders, o.order_id
+                       coalesce(o.orders, 0) AS orders, o.order_id, o.as_asked
                 FROM sent s
                 LEFT JOIN idem_claims c ON c.scope = 'shop.orders' AND c.key = s.key
-                LEFT JOIN ordered o ON o.key = s.key)
+                LEFT JOIN ordered o ON o.key = s.key
+                LEFT JOIN shop.stock st ON st.sku = s.sku)
             SELECT count(*) FILTER (WHERE stored_status IS NULL),
                    count(*) FILTER (WHERE orders > 1),
                    count(*) FILTER (WHERE (stored_status = 'ordered') <> (orders = 1)
-                                       OR (orders = 1 AND order_id <> stored_order)),
+                                       OR (orders = 1 AND (order_id <> stored_order OR NOT as_asked))),
                    count(*) FILTER (WHERE answer_status <> stored_status OR answer_order <> stored_order),
                    count(*) FILTER (WHERE stored_status = 'ordered'),
-                   count(*) FILTER (WHERE stored_status = 'sold out')
+                   count(*) FILTER (WHERE stored_status = 'sold out'),
+                   count(*) FILTER (WHERE stored_status = 'sold out' AND stock_left >= qty)
             FROM outcome)SQL",
-            array_literal(keys), array_literal(statuses), array_literal(order_ids));
+            array_literal(keys), array_literal(statuses), array_literal(order_ids), array_literal(skus),
+            array_literal(qtys));
         long unanswered = per_request[0].as<long>(), ordered_twice = per_request[1].as<long>(),
              orders_not_as_answered = per_request[2].as<long>(), answers_not_stored = per_request[3].as<long>(),
-             orders = per_request[4].as<long>(), sold_out = per_request[5].as<long>();
+             orders = per_request[4].as<long>(), sold_out = per_request[5].as<long>(),
+             false_sold_out = per_request[6].as<long>();
         // Orders and claims of requests nobody sent.
         long strangers = q.exec_params1(R"SQL(
             WITH sent AS (SELECT unnest($1::text[]) AS key)
@@ -324,11 +333,15 @@ private:
                  + (SELECT count(*) FROM idem_claims c
                     WHERE c.scope = 'shop.orders' AND NOT EXISTS (SELECT 1 FROM sent WHERE key = c.key)))SQL",
             array_literal(keys))[0].as<long>();
+        // Per product: the units its orders hold equal its stock's drop.
         pqxx::row stock = q.exec1(R"SQL(
-            SELECT coalesce(sum(i.amount - s.amount), 0), coalesce(min(s.amount), 0),
-                   (SELECT coalesce(sum(qty), 0) FROM shop.orders)
-            FROM shop.stock s JOIN shop.initial_stock i USING (sku))SQL");
-        long drop = stock[0].as<long>(), lowest = stock[1].as<long>(), sold = stock[2].as<long>();
+            SELECT coalesce(min(s.amount), 0),
+                   count(*) FILTER (WHERE i.amount - s.amount <> coalesce(o.units, 0)),
+                   coalesce(sum(o.units), 0), coalesce(sum(i.amount - s.amount), 0)
+            FROM shop.stock s JOIN shop.initial_stock i USING (sku)
+            LEFT JOIN (SELECT sku, sum(qty) AS units FROM shop.orders GROUP BY sku) o USING (sku))SQL");
+        long lowest = stock[0].as<long>(), products_off = stock[1].as<long>(), sold = stock[2].as<long>(),
+             drop = stock[3].as<long>();
 
         struct Check {
             const char* what;
@@ -339,14 +352,17 @@ private:
              unanswered == 0 && ordered_twice == 0 && orders_not_as_answered == 0 && strangers == 0,
              std::to_string(orders) + " ordered + " + std::to_string(sold_out) + " sold out; " +
                  std::to_string(unanswered) + " unanswered, " + std::to_string(ordered_twice) + " ordered twice, " +
-                 std::to_string(orders_not_as_answered) + " orders not as answered"},
+                 std::to_string(orders_not_as_answered) + " orders not as answered or asked"},
             {"every retry got the first attempt's answer",
              totals_.differing_answers == 0 && answers_not_stored == 0,
              std::to_string(totals_.differing_answers.load()) + " differing answers, " +
                  std::to_string(answers_not_stored) + " not the stored one"},
+            {"every 'sold out' was true", false_sold_out == 0,
+             std::to_string(false_sold_out) + " while the product had the units"},
             {"stock never below zero", lowest >= 0, "lowest amount " + std::to_string(lowest)},
-            {"units sold equal the stock's drop", sold == drop,
-             std::to_string(sold) + " sold, stock dropped by " + std::to_string(drop)},
+            {"units sold equal each product's stock drop", products_off == 0,
+             std::to_string(sold) + " sold, stock dropped by " + std::to_string(drop) + ", " +
+                 std::to_string(products_off) + " products off"},
         };
         bool all = true;
         for (const auto& c : checks)
