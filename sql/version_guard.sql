@@ -62,6 +62,12 @@ CREATE TRIGGER two_args BEFORE UPDATE ON misuse FOR EACH ROW EXECUTE FUNCTION id
 SELECT pg_temp.error_of($$UPDATE misuse SET label = 'y'$$) AS two_arguments;
 DROP TRIGGER two_args ON misuse;
 SELECT pg_temp.error_of($$SELECT idem_version_guard()$$) AS called_directly;
+-- A generated version column is computed after BEFORE triggers, so the
+-- guard's version would be overwritten.
+CREATE TABLE generated_version (id int PRIMARY KEY, n int, version int GENERATED ALWAYS AS (n * 2) STORED);
+INSERT INTO generated_version (id, n) VALUES (1, 1);
+CREATE TRIGGER generated_guard BEFORE UPDATE ON generated_version FOR EACH ROW EXECUTE FUNCTION idem_version_guard();
+SELECT pg_temp.error_of($$UPDATE generated_version SET n = 2$$) AS generated_column;
 
-DROP TABLE accounts, docs, tiny, drafts, misuse;
+DROP TABLE accounts, docs, tiny, drafts, misuse, generated_version;
 DROP DOMAIN small_version;

@@ -88,6 +88,10 @@ IDEM_SQL_FUNCTION(idem_version_guard)
         Oid type = getBaseType(declared_type);
         if (type != INT2OID && type != INT4OID && type != INT8OID)
             misused(psprintf("needs an integer version column; \"%s\" is %s", column, format_type_be(type)));
+        // A generated column is computed after BEFORE triggers: the version
+        // the guard writes would be overwritten.
+        if (TupleDescAttr(RelationGetDescr(rel), att - 1)->attgenerated != '\0')
+            misused(psprintf("cannot guard \"%s\": it is a generated column", column));
 
         HeapTuple old_row = trigger->tg_trigtuple;
         HeapTuple new_row = trigger->tg_newtuple;
