@@ -297,12 +297,6 @@ const char* status_name(ClaimStatus status)
     return "?";
 }
 
-void connect_spi()
-{
-    if (SPI_connect() != SPI_OK_CONNECT)
-        elog(ERROR, "pg_idem: SPI_connect failed");
-}
-
 }  // namespace
 }  // namespace idem
 
@@ -315,7 +309,7 @@ IDEM_SQL_FUNCTION(idem_claim)
         PreventCommandIfReadOnly("idem_claim()");
         ClaimRequest r = claim_request(fcinfo, pg::key_arg(fcinfo, 0, "key"), 1, 2);
         MemoryContext cxt = CurrentMemoryContext;
-        connect_spi();
+        pg::connect();
         ClaimOutcome outcome = claim_core(r, fcinfo, cxt);
         SPI_finish();
         return BoolGetDatum(outcome.status == ClaimStatus::new_claim);
@@ -340,7 +334,7 @@ IDEM_SQL_FUNCTION(idem_begin)
 
         InitMaterializedSRF(fcinfo, 0);
         MemoryContext cxt = CurrentMemoryContext;
-        connect_spi();
+        pg::connect();
         ClaimOutcome outcome = wait ? claim_core(r, fcinfo, cxt) : claim_nowait(r, fcinfo, cxt);
         SPI_finish();
 
@@ -359,7 +353,7 @@ IDEM_SQL_FUNCTION(idem_finish)
         PreventCommandIfReadOnly("idem_finish()");
         KeyInScope k = key_in_scope(fcinfo, 0, 1);
 
-        connect_spi();
+        pg::connect();
         // The transaction holds the claim exactly when it wrote the row
         // version it sees: inserted or renewed it, in this transaction or a
         // subtransaction of it that has not rolled back.
@@ -449,7 +443,7 @@ IDEM_SQL_FUNCTION(idem_claim_many)
 
         MemoryContext cxt = CurrentMemoryContext;
         InitMaterializedSRF(fcinfo, 0);
-        connect_spi();
+        pg::connect();
         if (n_distinct > 0) {
             // The common case, keys nobody holds: one INSERT for all of them.
             auto* datums = static_cast<Datum*>(palloc(sizeof(Datum) * n_distinct));
@@ -510,7 +504,7 @@ IDEM_SQL_FUNCTION(idem_forget)
         PreventCommandIfReadOnly("idem_forget()");
         KeyInScope k = key_in_scope(fcinfo, 0, 1);
 
-        connect_spi();
+        pg::connect();
         Datum values[3] = {k.scope.datum, k.key.datum, UUIDPGetDatum(&k.hash)};
         bool existed = false;
         if (pg::run(forget_claim, fcinfo, values, nullptr) == 1) {

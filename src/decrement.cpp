@@ -10,6 +10,7 @@
 // in the drop.
 #include "pg/guard.hpp"
 #include "pg/row_target.hpp"
+#include "pg/spi.hpp"
 #include "stats.hpp"
 
 extern "C" {
@@ -149,8 +150,7 @@ IDEM_SQL_FUNCTION(idem_decrement)
                             errmsg("n must be a positive amount, got %s", numeric_normalize(n))));
         Datum by = amount_of(n, amount);
 
-        if (SPI_connect() != SPI_OK_CONNECT)
-            elog(ERROR, "pg_idem: SPI_connect failed");
+        pg::connect();
         pg::CachedPlans* plans =
             pg::cached_plans(pg::PlanKey{target.relid, target.key_column.att, amount.att, target.key_arg_type, decrement_plans});
         pg::check_target(target, plans);

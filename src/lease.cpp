@@ -85,12 +85,6 @@ Datum lease_name_arg(FunctionCallInfo fcinfo, int argno, const char* name)
     return PointerGetDatum(t);
 }
 
-void connect_spi()
-{
-    if (SPI_connect() != SPI_OK_CONNECT)
-        elog(ERROR, "pg_idem: SPI_connect failed");
-}
-
 // A new fencing token, drawn while this transaction holds the lease's row
 // lock. Runs inside SPI_connect.
 int64 fencing_token(FunctionCallInfo fcinfo)
@@ -130,7 +124,7 @@ IDEM_SQL_FUNCTION(idem_lease_acquire)
         Datum owner = lease_name_arg(fcinfo, 1, "owner");
         pg::Ttl ttl = pg::ttl_arg(fcinfo, 2, "ttl", false);
 
-        connect_spi();
+        pg::connect();
         Datum names[2] = {name, owner};
         if (pg::run(peek_lease, fcinfo, names, nullptr) == 1) {
             bool same_owner, isnull;
@@ -178,7 +172,7 @@ IDEM_SQL_FUNCTION(idem_lease_release)
         PreventCommandIfReadOnly("idem_lease_release()");
         Datum name = lease_name_arg(fcinfo, 0, "name");
         Datum owner = lease_name_arg(fcinfo, 1, "owner");
-        connect_spi();
+        pg::connect();
         Datum values[3] = {name, owner, TimestampTzGetDatum(GetCurrentTimestamp())};
         bool released = false;
         if (pg::run(release_lease, fcinfo, values, nullptr) == 1) {
@@ -197,7 +191,7 @@ IDEM_SQL_FUNCTION(idem_lease_check)
         Datum name = lease_name_arg(fcinfo, 0, "name");
         if (PG_ARGISNULL(1))
             ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("fencing_token must not be NULL")));
-        connect_spi();
+        pg::connect();
         Datum values[3] = {name, PG_GETARG_DATUM(1), TimestampTzGetDatum(GetCurrentTimestamp())};
         bool held = pg::run(check_lease, fcinfo, values, nullptr) == 1;
         SPI_finish();

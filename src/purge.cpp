@@ -103,8 +103,7 @@ IDEM_SQL_FUNCTION(idem_purge)
         TimestampTz now = GetCurrentTimestamp();
         Oid nsp = get_func_namespace(fcinfo->flinfo->fn_oid);
 
-        if (SPI_connect() != SPI_OK_CONNECT)
-            elog(ERROR, "pg_idem: SPI_connect failed");
+        pg::connect();
         int64 total = 0;
         for (;;) {
             int64 batch = Min(max_rows - total, static_cast<int64>(purge::batch_size));

@@ -61,8 +61,7 @@ int64 run_round(Task task, const char* activity)
     {
         SetCurrentStatementStartTimestamp();
         StartTransactionCommand();
-        if (SPI_connect() != SPI_OK_CONNECT)
-            elog(ERROR, "pg_idem: SPI_connect failed");
+        pg::connect();
         PushActiveSnapshot(GetTransactionSnapshot());
         pgstat_report_activity(STATE_RUNNING, activity);
         Oid nsp = pg::installed_namespace();

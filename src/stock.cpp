@@ -861,12 +861,6 @@ void wait_for_units(UnitWait* wait, const StockItem& s, TransactionId blocked)
     (void) ConditionVariableTimedSleep(wait->channel, timeout, PG_WAIT_EXTENSION);
 }
 
-void connect_spi()
-{
-    if (SPI_connect() != SPI_OK_CONNECT)
-        elog(ERROR, "pg_idem: SPI_connect failed");
-}
-
 }  // namespace
 
 void init_preloaded()
@@ -903,7 +897,7 @@ IDEM_SQL_FUNCTION(idem_stock_add)
 {
     return pg::guarded([&]() -> Datum {
         StockChange c = stock_change(fcinfo, "idem_stock_add()");
-        connect_spi();
+        pg::connect();
         ensure_item_row(c.s);
         make_room_for_change();
         Entry* entry = entry_locked(c.s);
@@ -929,7 +923,7 @@ IDEM_SQL_FUNCTION(idem_stock_take)
 {
     return pg::guarded([&]() -> Datum {
         StockChange c = stock_change(fcinfo, "idem_stock_take()");
-        connect_spi();
+        pg::connect();
         make_room_for_change();
         UnitWait wait = {};
         for (;;) {
@@ -973,7 +967,7 @@ IDEM_SQL_FUNCTION(idem_stock_level)
     return pg::guarded([&]() -> Datum {
         require_preloaded();
         StockItem s = item_arg(fcinfo);
-        connect_spi();
+        pg::connect();
         int64 level;
         if (Entry* entry = find_locked(s)) {
             SpinLockAcquire(&entry->mutex);
@@ -1001,7 +995,7 @@ IDEM_SQL_FUNCTION(idem_stock_snapshot)
         InitMaterializedSRF(fcinfo, 0);
         auto* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
         MemoryContext cxt = CurrentMemoryContext;
-        connect_spi();
+        pg::connect();
         uint64 n = pg::run_latest(all_items, nsp, nullptr, nullptr);
         for (uint64 row = 0; row < n; row++) {
             bool isnull;

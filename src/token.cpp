@@ -46,12 +46,6 @@ pg_uuid_t random_token()
     return uuid;
 }
 
-void connect_spi()
-{
-    if (SPI_connect() != SPI_OK_CONNECT)
-        elog(ERROR, "pg_idem: SPI_connect failed");
-}
-
 }  // namespace
 }  // namespace idem
 
@@ -68,7 +62,7 @@ IDEM_SQL_FUNCTION(idem_token_issue)
         auto* token = static_cast<pg_uuid_t*>(palloc(sizeof(pg_uuid_t)));
         *token = random_token();
 
-        connect_spi();
+        pg::connect();
         Datum values[4] = {UUIDPGetDatum(token), scope.datum, TimestampTzGetDatum(now), TimestampTzGetDatum(expiry.at)};
         const char nulls[4] = {' ', ' ', ' ', expiry.never ? 'n' : ' '};
         pg::run(insert_token, fcinfo, values, nulls);
@@ -87,7 +81,7 @@ IDEM_SQL_FUNCTION(idem_token_consume)
             ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("token must not be NULL")));
         pg::ScopeArg scope = pg::scope_arg(fcinfo, 1, "scope");
 
-        connect_spi();
+        pg::connect();
         Datum values[3] = {PG_GETARG_DATUM(0), scope.datum, TimestampTzGetDatum(GetCurrentTimestamp())};
         bool consumed = false;
         if (pg::run(consume_token, fcinfo, values, nullptr) == 1) {

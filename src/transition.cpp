@@ -8,6 +8,7 @@
 // from` against what the first committed, so exactly one of them moves it.
 #include "pg/guard.hpp"
 #include "pg/row_target.hpp"
+#include "pg/spi.hpp"
 
 extern "C" {
 #include "catalog/pg_collation.h"
@@ -112,8 +113,7 @@ IDEM_SQL_FUNCTION(idem_transition)
                                    quote_literal_cstr(TextDatumGetCString(to)), state.name),
                             errhint("A transition moves a row from one state to another.")));
 
-        if (SPI_connect() != SPI_OK_CONNECT)
-            elog(ERROR, "pg_idem: SPI_connect failed");
+        pg::connect();
         pg::CachedPlans* plans =
             pg::cached_plans(pg::PlanKey{target.relid, target.key_column.att, state.att, target.key_arg_type, transition_plans});
         pg::check_target(target, plans);

@@ -96,6 +96,12 @@ void spi_init()
     CacheRegisterSyscacheCallback(NAMESPACEOID, namespace_changed, 0);
 }
 
+void connect()
+{
+    if (SPI_connect() != SPI_OK_CONNECT)
+        elog(ERROR, "pg_idem: SPI_connect failed");
+}
+
 uint64 run(Statement& stmt, FunctionCallInfo fcinfo, Datum* values, const char* nulls)
 {
     return run(stmt, get_func_namespace(fcinfo->flinfo->fn_oid), values, nulls);

@@ -30,6 +30,9 @@ struct Statement {
 // Registers the invalidation callback; called once from _PG_init.
 void spi_init();
 
+// SPI_connect, for the SQL functions that run statements.
+void connect();
+
 // Runs `stmt` (inside SPI_connect) for the extension installed in schema
 // `extension_namespace`; `nulls` as SPI takes them (' ' or 'n'), NULL for
 // none. Returns SPI_processed; the rows are in SPI_tuptable.
