@@ -151,6 +151,19 @@ bool update_is_replaced_by_rule(Relation rel)
     pg_unreachable();
 }
 
+// A statement that did not run as the one written (SPI says what ran
+// instead). Errors are raised, not returned, and check_target() refuses
+// rewriting rules, so only a rewrite nobody foresaw gets here: refused
+// like one, with the table named.
+[[noreturn]] void refuse_result(const RowTarget& t, const char* statement, int rc)
+{
+    ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+                    errmsg("rel: the %s of \"%s\" did not run as written (%s)", statement, t.rel_name,
+                           SPI_result_code_string(rc)),
+                    errhint("The helpers need a table whose statements run as written.")));
+    pg_unreachable();
+}
+
 Column column_of(Oid relid, const char* rel_name, Name name)
 {
     Column c;
@@ -357,7 +370,7 @@ uint64 run_change(const RowTarget& t, SPIPlanPtr change, Datum* values)
     if (rc == SPI_OK_REWRITTEN)  // check_target() refused such a table; in case a rule came since
         refuse_rewritten(t);
     if (rc != SPI_OK_UPDATE_RETURNING)
-        elog(ERROR, "pg_idem: UPDATE of \"%s\" failed: %s", t.rel_name, SPI_result_code_string(rc));
+        refuse_result(t, "UPDATE", rc);
     if (SPI_processed > 1)
         ereport(ERROR, (errcode(ERRCODE_CARDINALITY_VIOLATION),
                         errmsg("UPDATE of \"%s\" with %s = %s changed " UINT64_FORMAT " rows, not one", t.rel_name,
@@ -370,7 +383,7 @@ void run_look(const RowTarget& t, SPIPlanPtr look, Datum* values)
 {
     int rc = SPI_execute_plan(look, values, nullptr, false, 1);
     if (rc != SPI_OK_SELECT)
-        elog(ERROR, "pg_idem: look-up in \"%s\" failed: %s", t.rel_name, SPI_result_code_string(rc));
+        refuse_result(t, "look-up", rc);
     if (SPI_processed == 0)
         ereport(ERROR, (errcode(ERRCODE_NO_DATA_FOUND),
                         errmsg("no row of \"%s\" has %s = %s", t.rel_name, t.key_column.name, key_for_message(t))));
