@@ -10,6 +10,12 @@
 // A PostgreSQL ERROR raised inside the body longjmps straight through this
 // frame, which is allowed because nothing here has a destructor; the
 // PostgreSQL-side code it crosses keeps to plain data (see postgres.hpp).
+//
+// PostgreSQL's error state is restored before the ERROR is raised: a C++
+// exception that leaves a PG_TRY block, or a frame that pushed an errcontext
+// callback, would otherwise leave PG_exception_stack or error_context_stack
+// pointing into a frame that no longer exists, and the next ERROR would jump
+// into it.
 #pragma once
 
 #include "core/error.hpp"
@@ -39,6 +45,8 @@ template <typename Body>
 Datum guarded(Body&& body)
 {
     CaughtError error;
+    sigjmp_buf* exception_stack = PG_exception_stack;
+    ErrorContextCallback* context_stack = error_context_stack;
     try {
         return body();
     } catch (const idem::Error& e) {
@@ -50,6 +58,8 @@ Datum guarded(Body&& body)
     } catch (...) {
         caught_unexpected(&error, "unknown C++ exception");
     }
+    PG_exception_stack = exception_stack;
+    error_context_stack = context_stack;
     raise(&error);
 }
 
