@@ -50,13 +50,13 @@ $(STRESS): test/stress/idem_stress.cpp
 	$(CXX) -std=c++17 -O2 -Wall -Wextra $(if $(WERROR),-Werror) -o $@ $< -lpqxx -lpq -pthread
 
 # Unit tests of the plain C++ in src/core, which needs no server: `make unit`
-# builds and runs them.
-UNIT = test/unit/sha256_test
+# builds and runs them. Each test/unit/NAME_test.cpp tests src/core/NAME.cpp.
+UNIT = $(patsubst %.cpp,%,$(sort $(wildcard test/unit/*_test.cpp)))
 .PHONY: unit
 unit: $(UNIT)
-	./$(UNIT)
-$(UNIT): test/unit/sha256_test.cpp src/core/sha256.cpp src/core/sha256.hpp
-	$(CXX) -std=c++17 -O2 -Wall -Wextra $(if $(WERROR),-Werror) -I$(srcdir)/src -o $@ test/unit/sha256_test.cpp src/core/sha256.cpp
+	@for t in $(UNIT); do ./$$t || exit 1; done
+test/unit/%_test: test/unit/%_test.cpp src/core/%.cpp $(wildcard src/core/*.hpp)
+	$(CXX) -std=c++17 -O2 -Wall -Wextra $(if $(WERROR),-Werror) -I$(srcdir)/src -o $@ $< src/core/$*.cpp $(filter-out src/core/$*.cpp,$(wildcard src/core/*.cpp))
 
 # The split between plain C++ and PostgreSQL code is checked at build time.
 .PHONY: core-check

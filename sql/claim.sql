@@ -77,6 +77,27 @@ SELECT * FROM idem_begin('pay-1', 'payments', '1 day', '{"to":"bob",   "amount":
 SELECT * FROM idem_begin('pay-1', 'payments');
 -- A different request under the same key: IK001, before anything is replayed.
 SELECT pg_temp.error_of($$SELECT * FROM idem_begin('pay-1', 'payments', '1 day', '{"amount": 11, "to": "bob"}')$$);
+-- The fingerprint tells structures apart that a hash of jsonb skipping where
+-- arrays and objects end takes for one: nesting moved, an element moved
+-- into an object, a scalar for a one-element array, a string for a number.
+BEGIN;
+SELECT * FROM idem_begin('order-78', 'pay', NULL, '{"items": [{"sku": "A"}], "coupon": "X"}');
+SELECT idem_finish('order-78', 'pay', '{"order": 78}');
+COMMIT;
+SELECT r, pg_temp.error_of(format('SELECT * FROM idem_begin(%L, %L, NULL, %L)', 'order-78', 'pay', r))
+FROM unnest(ARRAY['{"items": [{"sku": "A", "coupon": "X"}]}', '{"items": [{"sku": "A"}, "coupon", "X"]}',
+                  '{"items": [{"sku": "A"}], "coupon": ["X"]}', '{"items": {"sku": "A"}, "coupon": "X"}',
+                  '{"items": [{"sku": "A"}], "coupon": "X", "": null}', '{"items": [{"sku": "A"}], "coupon": 1}']) r;
+BEGIN;
+SELECT * FROM idem_begin('nest', 'pay', NULL, '{"a": {"b": 1}, "c": 2}');
+COMMIT;
+SELECT pg_temp.error_of($$SELECT * FROM idem_begin('nest', 'pay', NULL, '{"a": {"b": 1, "c": 2}}')$$);
+SELECT * FROM idem_begin('scalar', 'pay', NULL, '1');
+SELECT pg_temp.error_of($$SELECT * FROM idem_begin('scalar', 'pay', NULL, '[1]')$$);
+SELECT pg_temp.error_of($$SELECT * FROM idem_begin('scalar', 'pay', NULL, '"1"')$$);
+-- Equal values are one request, however written.
+SELECT * FROM idem_begin('order-78', 'pay', NULL, '{"coupon":"X","items":[{"sku":"A"}]}');
+SELECT * FROM idem_begin('scalar', 'pay', NULL, '1.000');
 -- A claim made without a request replays for any request.
 SELECT idem_claim('pay-2', 'payments');
 SELECT * FROM idem_begin('pay-2', 'payments', NULL, '{"amount": 1}');
@@ -113,6 +134,38 @@ RELEASE SAVEPOINT s;
 SELECT idem_finish('pay-6', 'payments', '{"ok": true}');
 COMMIT;
 SELECT * FROM idem_begin('pay-6', 'payments');
+
+-- The same through nested savepoints and idem_begin's own subtransaction
+-- (wait => false): what the transaction claimed is what a subtransaction that
+-- was not rolled back claimed, never what a row's xmin says.
+BEGIN;
+SAVEPOINT outer_s;
+SAVEPOINT inner_s;
+SELECT status FROM idem_begin('pay-7', 'payments', wait => false);
+RELEASE SAVEPOINT inner_s;
+RELEASE SAVEPOINT outer_s;
+SELECT idem_finish('pay-7', 'payments', '{"ok": 7}');
+SAVEPOINT s;
+SELECT idem_claim('pay-8', 'payments');
+SAVEPOINT t;
+SELECT idem_claim('pay-9', 'payments');
+ROLLBACK TO SAVEPOINT s;
+SELECT pg_temp.error_of($$SELECT idem_finish('pay-8', 'payments', '{}')$$);
+COMMIT;
+BEGIN;
+SELECT idem_claim('pay-10', 'payments');
+SAVEPOINT s;
+SELECT idem_claim('pay-11', 'payments');
+ROLLBACK TO SAVEPOINT s;
+SELECT idem_finish('pay-10', 'payments', '{"ok": 10}');
+SELECT pg_temp.error_of($$SELECT idem_finish('pay-11', 'payments', '{}')$$);
+COMMIT;
+SELECT key, response FROM idem_claims WHERE key IN ('pay-7', 'pay-8', 'pay-9', 'pay-10', 'pay-11') ORDER BY key;
+-- A claim forgotten by its own transaction holds nothing to finish.
+BEGIN;
+SELECT idem_claim('pay-12', 'payments'), idem_forget('pay-12', 'payments');
+SELECT pg_temp.error_of($$SELECT idem_finish('pay-12', 'payments', '{}')$$);
+COMMIT;
 
 -- idem_claim_many: one row per distinct key, in the caller's order.
 SELECT idem_claim('m-2', 'batch');

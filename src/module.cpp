@@ -1,4 +1,5 @@
 // pg_idem's module entry: _PG_init only registers things.
+#include "own_claims.hpp"
 #include "pg/guard.hpp"
 #include "pg/row_target.hpp"
 #include "pg/spi.hpp"
@@ -16,6 +17,7 @@ void _PG_init(void)
 {
     idem::pg::guarded([]() -> Datum {
         idem::pg::spi_init();
+        idem::own_claims::init();
         idem::pg::row_target_init();
         idem::purge::define_gucs();
         // Shared memory and background workers exist only when the library

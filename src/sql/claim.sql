@@ -1,8 +1,12 @@
 
 -- Claims ------------------------------------------------------------------
 
--- The value the claim index holds: 128 bits of SHA-256 over (scope, key).
--- A fixed-size index entry lets keys of any length in (SPEC: 8 KiB and more).
+-- 128 bits of SHA-256 over (scope, key): the claim's primary key. pg_idem
+-- computes it in C++ and stores it in idem_claims.key_hash, so that its
+-- statements compare a column with a value and call no function of the
+-- extension's schema: a function another role creates there (an overload with
+-- default arguments, say) can then never make them ambiguous or change them.
+-- Exposed for inspection: WHERE key_hash = idem_key_hash('orders', 'req-1').
 CREATE FUNCTION @extschema@.idem_key_hash(scope text, key text)
 RETURNS uuid
 AS 'MODULE_PATHNAME', 'idem_key_hash'
@@ -13,12 +17,13 @@ LANGUAGE C IMMUTABLE PARALLEL SAFE;
 CREATE TABLE @extschema@.idem_claims (
     scope       text        NOT NULL,
     key         text        NOT NULL,
-    claimed_at  timestamptz NOT NULL,
+    key_hash    uuid        NOT NULL,   -- idem_key_hash(scope, key)
+    claimed_at  timestamptz NOT NULL,   -- when the claim was granted
     expires_at  timestamptz,            -- NULL: never expires
     response    jsonb,                  -- what idem_finish stored
-    request_fp  bigint                  -- jsonb_hash_extended(request, 0) from idem_begin
+    fingerprint uuid,                   -- of idem_begin's request: equal exactly for equal jsonb
+    CONSTRAINT idem_claims_key PRIMARY KEY (key_hash)
 );
-CREATE UNIQUE INDEX idem_claims_key ON @extschema@.idem_claims (@extschema@.idem_key_hash(scope, key));
 COMMENT ON TABLE @extschema@.idem_claims IS
     'pg_idem: one row per claimed (scope, key); an expired row counts as absent';
 REVOKE ALL ON @extschema@.idem_claims FROM PUBLIC;

@@ -4,7 +4,7 @@
 
 BEGIN;
 CREATE EXTENSION pg_idem;
-SELECT plan(39);
+SELECT plan(42);
 
 -- Functions exist with the SPEC's signatures and return types.
 SELECT has_function('idem_claim', ARRAY['text', 'text', 'interval']);
@@ -39,14 +39,17 @@ SELECT is(
      WHERE p.proname !~ '^idem_'),
     NULL, 'every function is named idem_*');
 
--- The dedup table: SPEC's columns, unique hash index, no direct access for PUBLIC.
+-- The dedup table: SPEC's columns, the hash as primary key, no direct access for PUBLIC.
 SELECT has_table('idem_claims');
-SELECT columns_are('idem_claims', ARRAY['scope', 'key', 'claimed_at', 'expires_at', 'response', 'request_fp']);
+SELECT columns_are('idem_claims', ARRAY['scope', 'key', 'key_hash', 'claimed_at', 'expires_at', 'response', 'fingerprint']);
 SELECT col_type_is('idem_claims', 'scope', 'text');
 SELECT col_type_is('idem_claims', 'key', 'text');
 SELECT col_type_is('idem_claims', 'claimed_at', 'timestamp with time zone');
 SELECT col_type_is('idem_claims', 'expires_at', 'timestamp with time zone');
 SELECT col_type_is('idem_claims', 'response', 'jsonb');
+SELECT col_type_is('idem_claims', 'key_hash', 'uuid');
+SELECT col_type_is('idem_claims', 'fingerprint', 'uuid');
+SELECT col_is_pk('idem_claims', 'key_hash');
 SELECT index_is_unique('idem_claims', 'idem_claims_key');
 SELECT table_privs_are('idem_claims', 'public', ARRAY[]::text[], 'PUBLIC has no privilege on idem_claims');
 SELECT ok((SELECT extconfig @> ARRAY['idem_claims'::regclass::oid] FROM pg_extension WHERE extname = 'pg_idem'),

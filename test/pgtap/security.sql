@@ -29,13 +29,13 @@ SELECT throws_ok($$SELECT idem.idem_stats_reset()$$, '42501', NULL, 'nor reset s
 -- extension's owner; each decoy records that it was touched.
 CREATE TABLE public.decoy_log (what text);
 GRANT INSERT ON public.decoy_log TO PUBLIC;
-CREATE TABLE public.idem_claims (scope text, key text, claimed_at timestamptz, expires_at timestamptz, response jsonb, request_fp bigint);
+CREATE TABLE public.idem_claims (scope text, key text, claimed_at timestamptz, expires_at timestamptz, response jsonb, fingerprint bigint);
 CREATE FUNCTION public.idem_key_hash(scope text, key text) RETURNS uuid LANGUAGE plpgsql AS $$
 BEGIN INSERT INTO public.decoy_log VALUES ('hash'); RETURN '00000000-0000-0000-0000-000000000000'; END $$;
 CREATE FUNCTION public.decoy_texteq(a text, b text) RETURNS boolean LANGUAGE plpgsql AS $$
 BEGIN INSERT INTO public.decoy_log VALUES ('='); RETURN true; END $$;
 CREATE OPERATOR public.= (LEFTARG = text, RIGHTARG = text, FUNCTION = public.decoy_texteq);
-CREATE TEMP TABLE idem_claims (scope text, key text, claimed_at timestamptz, expires_at timestamptz, response jsonb, request_fp bigint);
+CREATE TEMP TABLE idem_claims (scope text, key text, claimed_at timestamptz, expires_at timestamptz, response jsonb, fingerprint bigint);
 SET search_path = pg_temp, public, idem;
 
 SELECT is(idem.idem_claim('target'), true, 'with decoys on search_path a new key is still claimed');

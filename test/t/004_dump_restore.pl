@@ -29,7 +29,7 @@ $node->safe_psql('shop', q{
 });
 
 my $tempdir = PostgreSQL::Test::Utils::tempdir;
-my $snapshot = q{SELECT string_agg(format('%s|%s|%s|%s|%s|%s', scope, md5(key), claimed_at, expires_at, response, request_fp), E'\n' ORDER BY scope, key) FROM idem_claims};
+my $snapshot = q{SELECT string_agg(format('%s|%s|%s|%s|%s|%s', scope, md5(key), claimed_at, expires_at, response, fingerprint), E'\n' ORDER BY scope, key) FROM idem_claims};
 my $before = $node->safe_psql('shop', $snapshot);
 
 for my $format ('custom', 'plain')
