@@ -7,10 +7,12 @@ extern "C" {
 #include "catalog/pg_class.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
+#include "miscadmin.h"
 #include "nodes/pg_list.h"
 #include "parser/parse_coerce.h"
 #include "rewrite/prs2lock.h"
 #include "storage/lmgr.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
@@ -222,6 +224,26 @@ bool key_converts_exactly(Oid from, Oid to)
     return can_coerce_type(1, &from, &to, COERCION_IMPLICIT);
 }
 
+// What plain SQL checks before it takes a lock (as LOCK TABLE does): USAGE
+// on the table's schema, and the right to UPDATE the table or some column of
+// it. A caller without them gets 42501 at once, instead of first waiting for
+// another session's lock on a table it may not touch. (The UPDATE itself
+// checks the columns it uses.)
+void check_may_update(Oid relid)
+{
+    Oid nsp = get_rel_namespace(relid);
+    if (!OidIsValid(nsp))
+        return;  // no such table: lock_target says so
+    Oid user = GetUserId();
+    if (pg_namespace_aclcheck(nsp, user, ACL_USAGE) != ACLCHECK_OK)
+        ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+                        errmsg("permission denied for schema %s", quote_identifier(get_namespace_name(nsp)))));
+    if (pg_class_aclcheck(relid, user, ACL_UPDATE) != ACLCHECK_OK &&
+        pg_attribute_aclcheck_all(relid, user, ACL_UPDATE, ACLMASK_ANY) != ACLCHECK_OK)
+        ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+                        errmsg("permission denied for table %s", quote_identifier(get_rel_name(relid)))));
+}
+
 // Takes the lock the UPDATE will take before anything is read from the
 // catalog, as the UPDATE's own parser does: an ALTER TABLE or DROP TABLE of
 // another session then commits before we look, never between our look and
@@ -229,6 +251,7 @@ bool key_converts_exactly(Oid from, Oid to)
 // with. Returns the relkind; the table may have gone while we waited.
 char lock_target(Oid relid)
 {
+    check_may_update(relid);
     const char* name_before = get_rel_name(relid);
     LockRelationOid(relid, RowExclusiveLock);  // also applies the invalidations that came meanwhile
     char kind = get_rel_relkind(relid);
