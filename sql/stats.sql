@@ -24,16 +24,26 @@ SELECT new_claims, duplicates, waits, in_progress, request_mismatches, rows_purg
 FROM idem_stats;
 SELECT scope, new_claims, duplicates, request_mismatches FROM idem_scope_stats ORDER BY scope;
 
--- The per-scope table is bounded (pg_idem.max_scopes, 1000 here); events of
--- scopes beyond it still count in idem_stats, and in scope_events_dropped.
+-- The per-scope table is bounded (pg_idem.max_scopes, 1000 here). When it
+-- is full a new scope takes the place of the least active one, so a flood of
+-- one-event scopes, rolled back or committed, only pushes out one-event
+-- scopes, and a busy scope started after it shows. idem_stats counts the
+-- scopes dropped and their events. (Counters are per database: the
+-- flood and other databases, test/t/016_stats_databases.pl.)
 SHOW pg_idem.max_scopes;
-SELECT count(*) FILTER (WHERE idem_claim('k', 'scope-' || g)) FROM generate_series(1, 1000) g;
+BEGIN;
+SELECT count(*) FILTER (WHERE idem_claim('k', 'junk-' || g)) FROM generate_series(1, 1000) g;
+ROLLBACK;
+SELECT count(*) FILTER (WHERE idem_claim('b-' || g, 'busy')) FROM generate_series(1, 10) g;
+SELECT count(*) FILTER (WHERE idem_claim('k', 'junk-' || g)) FROM generate_series(1001, 2000) g;
 SELECT count(*) AS scopes FROM idem_scope_stats;
-SELECT new_claims, scope_events_dropped FROM idem_stats;
+SELECT scope, new_claims, duplicates, counted_since <= now() AS counted_since_ok
+FROM idem_scope_stats WHERE scope NOT LIKE 'junk-%' ORDER BY scope;
+SELECT new_claims, scopes_dropped, scope_events_dropped FROM idem_stats;
 
 -- Reset empties both.
 SELECT idem_stats_reset();
-SELECT new_claims, duplicates, scope_events_dropped FROM idem_stats;
+SELECT new_claims, duplicates, scope_events_dropped, scopes_dropped FROM idem_stats;
 SELECT count(*) AS scopes FROM idem_scope_stats;
 
 DELETE FROM idem_claims;

@@ -21,33 +21,30 @@ char* databases = nullptr;
 
 namespace {
 
-// The expired rows are found by a sequential scan: an index on expires_at
-// would cost every claim an index entry, and a scan that stops after
-// `batch_size` hits is cheap. The LIMIT sits above the row locks, so with
-// SKIP LOCKED a batch takes only rows nobody else is touching.
-pg::Statement delete_expired_claims = {
-    "DELETE FROM @extschema@.idem_claims "
-    "WHERE ctid = ANY (ARRAY(SELECT ctid FROM @extschema@.idem_claims "
-    "                        WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)) "
-    "AND expires_at <= $1",
-    2, {TIMESTAMPTZOID, INT8OID}};
+// The expired rows are found by a scan of the table in physical order, from
+// where the previous statement of the same purge stopped ($3, a TID range
+// scan): an index on expires_at would cost every claim an index entry. The
+// LIMIT sits above the row locks, so with SKIP LOCKED a statement locks only
+// rows nobody else is touching, and at most $2 of them. It answers how many
+// it deleted, how many it locked (fewer than $2: it reached the end of the
+// table) and the last row it looked at.
+#define IDEM_DELETE_EXPIRED(table)                                                                   \
+    "WITH batch AS MATERIALIZED ("                                                                   \
+    "  SELECT ctid FROM @extschema@." table " WHERE ctid > $3 AND expires_at <= $1 "                 \
+    "  LIMIT $2 FOR UPDATE SKIP LOCKED), "                                                           \
+    "purged AS ("                                                                                    \
+    "  DELETE FROM @extschema@." table " WHERE ctid = ANY (ARRAY(SELECT ctid FROM batch)) "          \
+    "  AND expires_at <= $1 RETURNING 1) "                                                           \
+    "SELECT (SELECT pg_catalog.count(*) FROM purged), pg_catalog.count(*), pg_catalog.max(ctid) FROM batch"
 
-pg::Statement delete_expired_tokens = {
-    "DELETE FROM @extschema@.idem_tokens "
-    "WHERE ctid = ANY (ARRAY(SELECT ctid FROM @extschema@.idem_tokens "
-    "                        WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)) "
-    "AND expires_at <= $1",
-    2, {TIMESTAMPTZOID, INT8OID}};
-
+pg::Statement delete_expired_claims = {IDEM_DELETE_EXPIRED("idem_claims"), 3, {TIMESTAMPTZOID, INT8OID, TIDOID}};
+pg::Statement delete_expired_tokens = {IDEM_DELETE_EXPIRED("idem_tokens"), 3, {TIMESTAMPTZOID, INT8OID, TIDOID}};
 // The fencing sequence is not touched: tokens keep growing after a purge.
-pg::Statement delete_expired_leases = {
-    "DELETE FROM @extschema@.idem_leases "
-    "WHERE ctid = ANY (ARRAY(SELECT ctid FROM @extschema@.idem_leases "
-    "                        WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)) "
-    "AND expires_at <= $1",
-    2, {TIMESTAMPTZOID, INT8OID}};
+pg::Statement delete_expired_leases = {IDEM_DELETE_EXPIRED("idem_leases"), 3, {TIMESTAMPTZOID, INT8OID, TIDOID}};
+#undef IDEM_DELETE_EXPIRED
 
-pg::Statement* const expiring_tables[] = {&delete_expired_claims, &delete_expired_tokens, &delete_expired_leases};
+pg::Statement* const expiring_tables[expiring_table_count] = {&delete_expired_claims, &delete_expired_tokens,
+                                                              &delete_expired_leases};
 
 }  // namespace
 
@@ -66,14 +63,39 @@ void define_gucs()
                             &delay_ms, 10, 0, 10000, PGC_SUSET, GUC_UNIT_MS, nullptr, nullptr, nullptr);
 }
 
-int64 delete_expired(Oid extension_namespace, TimestampTz now, int64 max_rows)
+void start_cursor(Cursor* cursor)
 {
-    int64 deleted = 0;
-    for (pg::Statement* stmt : expiring_tables) {
-        if (deleted >= max_rows)
+    for (auto& tid : cursor->after)
+        ItemPointerSet(&tid, 0, 0);  // before the first row: offsets start at 1
+    cursor->table = 0;
+    cursor->done = false;
+}
+
+int64 delete_expired(Oid extension_namespace, TimestampTz now, int64 max_rows, Cursor* cursor)
+{
+    int64 deleted = 0, locked = 0;
+    cursor->done = false;
+    while (locked < max_rows) {
+        int t = cursor->table;
+        int64 limit = max_rows - locked;
+        Datum values[3] = {TimestampTzGetDatum(now), Int64GetDatum(limit), PointerGetDatum(&cursor->after[t])};
+        pg::run(*expiring_tables[t], extension_namespace, values, nullptr);
+        bool isnull, last_null;
+        deleted += DatumGetInt64(pg::result_value(0, 1, &isnull));
+        int64 n = DatumGetInt64(pg::result_value(0, 2, &isnull));
+        Datum last = pg::result_value(0, 3, &last_null);
+        locked += n;
+        if (n == limit && !last_null) {
+            ItemPointerCopy(reinterpret_cast<ItemPointer>(DatumGetPointer(last)), &cursor->after[t]);  // more may follow
+            continue;
+        }
+        // The end of this table: the next pass starts at its beginning.
+        ItemPointerSet(&cursor->after[t], 0, 0);
+        if (++cursor->table == expiring_table_count) {
+            cursor->table = 0;
+            cursor->done = true;
             break;
-        Datum values[2] = {TimestampTzGetDatum(now), Int64GetDatum(max_rows - deleted)};
-        deleted += static_cast<int64>(pg::run(*stmt, extension_namespace, values, nullptr));
+        }
     }
     stats::count(stats::rows_purged, static_cast<uint64_t>(deleted));
     return deleted;
@@ -86,7 +108,8 @@ using namespace idem;
 // idem_purge(max_rows integer DEFAULT NULL) RETURNS bigint
 //
 // In the caller's transaction, batch after batch of pg_idem.purge_batch_size,
-// until max_rows (NULL: all) are gone or nothing expired is left.
+// until max_rows (NULL: all) are gone or nothing expired is left. Its row
+// locks last until the caller's transaction ends (README "Expiry and purge").
 IDEM_SQL_FUNCTION(idem_purge)
 {
     return pg::guarded([&]() -> Datum {
@@ -104,12 +127,13 @@ IDEM_SQL_FUNCTION(idem_purge)
         Oid nsp = get_func_namespace(fcinfo->flinfo->fn_oid);
 
         pg::connect();
+        purge::Cursor cursor;
+        purge::start_cursor(&cursor);
         int64 total = 0;
         for (;;) {
             int64 batch = Min(max_rows - total, static_cast<int64>(purge::batch_size));
-            int64 n = purge::delete_expired(nsp, now, batch);
-            total += n;
-            if (n < batch || total >= max_rows)
+            total += purge::delete_expired(nsp, now, batch, &cursor);
+            if (cursor.done || total >= max_rows)
                 break;
             CHECK_FOR_INTERRUPTS();
         }

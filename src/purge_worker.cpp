@@ -1,11 +1,14 @@
 // The background purge worker: one per database named in pg_idem.database,
-// registered at server start when pg_idem is preloaded. Each round is two
-// short transactions: one deletes at most pg_idem.purge_batch_size expired
-// rows, the other folds as many committed hot-stock ledger rows into their
-// items. Rounds follow each other, pg_idem.purge_delay apart, while there is
-// more to do; otherwise the
-// worker sleeps pg_idem.purge_interval. An error is logged and the worker
-// goes on after the interval; SIGTERM (shutdown) ends it between rounds.
+// registered at server start when pg_idem is preloaded. Each round purges
+// up to pg_idem.purge_batch_size expired rows in transactions of at most
+// rows_per_transaction rows, committed one after the other (so a claim of a
+// key being purged waits for one small transaction, never for the round),
+// then folds as many committed hot-stock ledger rows into their items in a
+// transaction of its own. Rounds follow each other, pg_idem.purge_delay
+// apart, while there is more to do; otherwise the worker sleeps
+// pg_idem.purge_interval. An error (a cancel too) ends the round: it is
+// logged and the worker goes on after the interval. A cancel while it
+// sleeps only wakes it. SIGTERM (shutdown) ends it.
 #include "purge.hpp"
 
 #include "pg/spi.hpp"
@@ -40,9 +43,18 @@ constexpr int restart_seconds = 10;
 // returns how many rows it deleted or folded.
 using Task = int64 (*)(Oid nsp);
 
+// Where the purge has got to in each table, kept across transactions and
+// rounds, and how many rows the next transaction may lock.
+Cursor purge_cursor;
+int64 purge_chunk_rows = 0;
+
 int64 purge_expired(Oid nsp)
 {
-    return delete_expired(nsp, GetCurrentTimestamp(), batch_size);
+    // Nothing is lost in a crash that a later purge does not delete again,
+    // so the commit need not wait for the WAL flush, nor hold its row locks
+    // through it (for this transaction only: the fold keeps the default).
+    (void)set_config_option("synchronous_commit", "off", PGC_SUSET, PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+    return delete_expired(nsp, GetCurrentTimestamp(), purge_chunk_rows, &purge_cursor);
 }
 
 int64 fold_ledger(Oid nsp)
@@ -141,14 +153,33 @@ void idem_purge_worker_main(Datum)
     ereport(LOG, (errmsg("pg_idem purge worker started for database \"%s\"", database)));
 
     MemoryContext round_cxt = AllocSetContextCreate(TopMemoryContext, "pg_idem purge", ALLOCSET_DEFAULT_SIZES);
+    start_cursor(&purge_cursor);
     for (;;) {
         MemoryContextSwitchTo(round_cxt);
-        int64 purged = run_round(purge_expired, "pg_idem purge");
+        // Small transactions until the batch is done or nothing is left.
+        int64 purged = 0;
+        bool purge_more = false;
+        for (;;) {
+            purge_chunk_rows = Min(rows_per_transaction, static_cast<int64>(batch_size) - purged);
+            int64 n = run_round(purge_expired, "pg_idem purge");
+            MemoryContextReset(round_cxt);
+            if (n < 0) {  // logged; the next round starts from the beginning
+                start_cursor(&purge_cursor);
+                break;
+            }
+            purged += n;
+            if (purge_cursor.done)
+                break;
+            if (purged >= batch_size) {
+                purge_more = true;
+                break;
+            }
+        }
         int64 folded = run_round(fold_ledger, "pg_idem fold hot-stock ledger");
         MemoryContextReset(round_cxt);
 
         // A full batch means more may be waiting: go on at once.
-        bool more = purged >= batch_size || folded >= batch_size;
+        bool more = purge_more || folded >= batch_size;
         // Hand the deletions to the statistics system, as every backend does
         // between transactions: autovacuum finds the dead rows only there.
         // Forced before a sleep, so nothing waits a whole interval.
@@ -156,6 +187,11 @@ void idem_purge_worker_main(Datum)
         long sleep_ms = more ? delay_ms : interval_ms;
         (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, sleep_ms, PG_WAIT_EXTENSION);
         ResetLatch(MyLatch);
+        // Between rounds there is nothing to cancel, and an ERROR out here,
+        // outside run_round's error handling, would end the worker: a
+        // cancel (pg_cancel_backend) that arrived meanwhile only woke it.
+        // (One that arrives during a round ends that round, in run_round.)
+        QueryCancelPending = false;
         CHECK_FOR_INTERRUPTS();
         if (ConfigReloadPending) {
             ConfigReloadPending = false;

@@ -6,7 +6,7 @@
 \i settings.psql
 
 BEGIN;
-SELECT plan(19);
+SELECT plan(28);
 
 CREATE SCHEMA idem;
 CREATE EXTENSION pg_idem SCHEMA idem;
@@ -59,10 +59,29 @@ RESET ROLE;
 SELECT is((SELECT count(*)::int FROM idem.idem_claims WHERE key IN ('target', 'other', 'target-2')), 3,
           'the claims are in the extension''s table');
 
--- Monitoring: pg_monitor may read the statistics views; PUBLIC may not.
+-- Monitoring: the statistics show every scope. pg_monitor may read the
+-- views; PUBLIC may neither read them nor call the functions under them.
 SELECT ok(has_table_privilege('pg_monitor', 'idem.idem_stats', 'SELECT'), 'pg_monitor reads idem_stats');
 SELECT ok(has_table_privilege('pg_monitor', 'idem.idem_scope_stats', 'SELECT'), 'pg_monitor reads idem_scope_stats');
 SELECT ok(NOT has_table_privilege('idem_tap_hostile', 'idem.idem_stats', 'SELECT'), 'PUBLIC does not');
+SELECT ok(NOT has_table_privilege('idem_tap_hostile', 'idem.idem_scope_stats', 'SELECT'), 'PUBLIC does not read idem_scope_stats');
+SELECT ok(NOT has_function_privilege('idem_tap_hostile', 'idem.idem_stats_snapshot()', 'EXECUTE'),
+          'PUBLIC cannot call idem_stats_snapshot');
+SELECT ok(NOT has_function_privilege('idem_tap_hostile', 'idem.idem_scope_stats_snapshot()', 'EXECUTE'),
+          'PUBLIC cannot call idem_scope_stats_snapshot');
+SET ROLE idem_tap_hostile;
+SELECT throws_ok($$SELECT * FROM idem.idem_scope_stats$$, '42501', NULL, 'a plain role is refused the scope view');
+SELECT throws_ok($$SELECT * FROM idem.idem_scope_stats_snapshot()$$, '42501', NULL, 'and the function under it');
+SELECT throws_ok($$SELECT * FROM idem.idem_stats_snapshot()$$, '42501', NULL, 'and under idem_stats');
+RESET ROLE;
+CREATE ROLE idem_tap_monitor IN ROLE pg_monitor;
+GRANT USAGE ON SCHEMA idem TO idem_tap_monitor;
+SET ROLE idem_tap_monitor;
+SELECT lives_ok($$SELECT * FROM idem.idem_stats$$, 'a member of pg_monitor reads idem_stats');
+SELECT is((SELECT count(*)::int FROM idem.idem_scope_stats WHERE scope = 'default'), 1,
+          'and idem_scope_stats, with the scope just claimed in');
+SELECT throws_ok($$SELECT idem.idem_stats_reset()$$, '42501', NULL, 'but cannot reset them');
+RESET ROLE;
 SELECT ok(NOT has_function_privilege('idem_tap_hostile', 'idem.idem_forget(text, text)', 'EXECUTE'),
           'idem_forget is not for PUBLIC');
 

@@ -100,6 +100,46 @@ $node->safe_psql('postgres', q{ALTER SYSTEM RESET pg_idem.purge_interval; ALTER 
 ok($node->poll_query_until('postgres', q{SELECT count(*) = 0 FROM idem_claims WHERE key LIKE 'idle-%'}),
 	'a reload wakes the worker with the new interval');
 
+# A cancel (pg_cancel_backend) interrupts a round, never the worker: not
+# while it sleeps between rounds, nor while a round waits for a lock. The
+# same worker goes on purging, and nothing is logged as FATAL.
+my $worker_pid = q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_idem purge worker' AND datname = 'postgres'};
+$pid = $node->safe_psql('postgres', $worker_pid);
+my $size_before_cancel = -s $node->logfile;
+# Asleep for an hour, with expired rows waiting: a cancel only wakes it.
+$node->safe_psql('postgres', q{ALTER SYSTEM SET pg_idem.purge_interval = '1h'; SELECT pg_reload_conf()});
+ok($node->poll_query_until('postgres', qq{SELECT state = 'idle' AND wait_event = 'Extension' FROM pg_stat_activity WHERE pid = $pid}),
+	'the worker sleeps between rounds');
+sleep 1;    # past the round the reload woke it for
+$node->safe_psql('postgres', q{SELECT count(idem_claim('cancel-idle-' || g, 'w', '1 millisecond')) FROM generate_series(1, 30) g});
+is($node->safe_psql('postgres', qq{SELECT state, wait_event FROM pg_stat_activity WHERE pid = $pid}), 'idle|Extension',
+	'it sleeps while rows expire');
+is($node->safe_psql('postgres', qq{SELECT pg_cancel_backend($pid)}), 't', 'a cancel reaches the sleeping worker');
+ok($node->poll_query_until('postgres', q{SELECT count(*) = 0 FROM idem_claims WHERE key LIKE 'cancel-idle-%'}),
+	'the worker purges after a cancel while it slept');
+is($node->safe_psql('postgres', $worker_pid), $pid, 'and it is the same worker');
+$node->safe_psql('postgres', q{ALTER SYSTEM SET pg_idem.purge_interval = '100ms'; SELECT pg_reload_conf()});
+
+$node->safe_psql('postgres', q{SELECT count(idem_claim('cancel-busy-' || g, 'w', '1 millisecond')) FROM generate_series(1, 30) g});
+($in, $out, $err) = ('', '', '');
+$h = IPC::Run::start(
+	[ 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('postgres') ],
+	'<', \$in, '>', \$out, '2>', \$err);
+$in .= "BEGIN; LOCK idem_claims IN ACCESS EXCLUSIVE MODE; SELECT 'locked';\n";
+$h->pump until $out =~ /locked/;
+ok($node->poll_query_until('postgres', qq{SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $pid}),
+	'a round of the worker waits for the locked table');
+is($node->safe_psql('postgres', qq{SELECT pg_cancel_backend($pid)}), 't', 'a cancel reaches the busy worker');
+ok(wait_for_log($node, qr/ERROR:  canceling statement due to user request/, $size_before_cancel),
+	'the round is canceled and that is logged');
+$in .= "COMMIT;\n\\q\n";
+$h->finish;
+ok($node->poll_query_until('postgres', q{SELECT count(*) = 0 FROM idem_claims WHERE key LIKE 'cancel-busy-%'}),
+	'the worker purges after a cancel of its round');
+is($node->safe_psql('postgres', $worker_pid), $pid, 'and it is still the same worker');
+my $cancel_log = slurp_from($node->logfile, $size_before_cancel);
+unlike($cancel_log, qr/FATAL|terminated by signal|exited with exit code/, 'no worker died of a cancel');
+
 # A database without the extension is left alone, without errors.
 $node->safe_psql('postgres', 'DROP EXTENSION pg_idem');
 my $size_before_drop = -s $node->logfile;
