@@ -256,43 +256,38 @@ using namespace idem::claims;
 // idem_claim(key text, scope text DEFAULT 'default', ttl interval DEFAULT NULL) RETURNS boolean
 IDEM_SQL_FUNCTION(idem_claim)
 {
-    return pg::guarded([&]() -> Datum {
-        PreventCommandIfReadOnly("idem_claim()");
-        ClaimRequest r = claim_request(fcinfo, pg::key_arg(fcinfo, 0, "key"), 1, 2);
-        pg::connect();
-        ClaimOutcome outcome = claim_core(r, fcinfo, nullptr);
-        SPI_finish();
-        return BoolGetDatum(outcome.status == ClaimStatus::new_claim);
-    });
+    PreventCommandIfReadOnly("idem_claim()");
+    ClaimRequest r = claim_request(fcinfo, pg::key_arg(fcinfo, 0, "key"), 1, 2);
+    pg::connect();
+    ClaimOutcome outcome = claim_core(r, fcinfo, nullptr);
+    SPI_finish();
+    return BoolGetDatum(outcome.status == ClaimStatus::new_claim);
 }
 
 // idem_begin(key text, scope text, ttl interval, request jsonb, wait boolean)
 //   RETURNS TABLE (status text, response jsonb)
 IDEM_SQL_FUNCTION(idem_begin)
 {
-    return pg::guarded([&]() -> Datum {
-        PreventCommandIfReadOnly("idem_begin()");
-        ClaimRequest r = claim_request(fcinfo, pg::key_arg(fcinfo, 0, "key"), 1, 2);
-        if (!PG_ARGISNULL(3)) {
-            r.has_fingerprint = true;
-            r.fingerprint = request_fingerprint(PG_GETARG_JSONB_P(3));
-        }
-        if (PG_ARGISNULL(4))
-            ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("wait must not be NULL")));
-        bool wait = PG_GETARG_BOOL(4);
+    PreventCommandIfReadOnly("idem_begin()");
+    ClaimRequest r = claim_request(fcinfo, pg::key_arg(fcinfo, 0, "key"), 1, 2);
+    if (!PG_ARGISNULL(3)) {
+        r.has_fingerprint = true;
+        r.fingerprint = request_fingerprint(PG_GETARG_JSONB_P(3));
+    }
+    pg::require_arg(fcinfo, 4, "wait");
+    bool wait = PG_GETARG_BOOL(4);
 
-        InitMaterializedSRF(fcinfo, 0);
-        MemoryContext cxt = CurrentMemoryContext;
-        pg::connect();
-        ClaimOutcome outcome = wait ? claim_core(r, fcinfo, cxt) : claim_nowait(r, fcinfo, cxt);
-        SPI_finish();
+    InitMaterializedSRF(fcinfo, 0);
+    MemoryContext cxt = CurrentMemoryContext;
+    pg::connect();
+    ClaimOutcome outcome = wait ? claim_core(r, fcinfo, cxt) : claim_nowait(r, fcinfo, cxt);
+    SPI_finish();
 
-        auto* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
-        Datum values[2] = {CStringGetTextDatum(status_name(outcome.status)), outcome.response};
-        bool nulls[2] = {false, !outcome.has_response};
-        tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-        return 0;
-    });
+    auto* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
+    Datum values[2] = {CStringGetTextDatum(status_name(outcome.status)), outcome.response};
+    bool nulls[2] = {false, !outcome.has_response};
+    tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+    return 0;
 }
 
 // idem_finish(key text, scope text, response jsonb) RETURNS void
@@ -302,50 +297,46 @@ IDEM_SQL_FUNCTION(idem_begin)
 // still there (idem_forget may have deleted it since).
 IDEM_SQL_FUNCTION(idem_finish)
 {
-    return pg::guarded([&]() -> Datum {
-        PreventCommandIfReadOnly("idem_finish()");
-        pg::KeyArg key = pg::key_arg(fcinfo, 0, "key");
-        pg::ScopeArg scope = pg::scope_arg(fcinfo, 1, "scope");
-        pg_uuid_t hash = key_hash_of(scope, key);
+    PreventCommandIfReadOnly("idem_finish()");
+    pg::KeyArg key = pg::key_arg(fcinfo, 0, "key");
+    pg::ScopeArg scope = pg::scope_arg(fcinfo, 1, "scope");
+    pg_uuid_t hash = key_hash_of(scope, key);
 
-        bool held = false;
-        pg::connect();
-        if (own_claims::holds(hash)) {
-            Datum values[4] = {scope.datum, key.datum, PG_GETARG_DATUM(2), UUIDPGetDatum(&hash)};
-            const char nulls[4] = {' ', ' ', PG_ARGISNULL(2) ? 'n' : ' ', ' '};
-            held = pg::run(store_response, fcinfo, values, nulls) == 1;
-        }
-        if (!held)
-            ereport(ERROR,
-                    (errcode(IDEM_ERRCODE_NO_CLAIM_HELD),
-                     errmsg("this transaction holds no claim on key %s in scope %s",
-                            pg::key_for_message(key.key), scope_for_message(scope)),
-                     errhint("Call idem_begin() or idem_claim() for the key first, in the same transaction.")));
-        SPI_finish();
-        return 0;
-    });
+    bool held = false;
+    pg::connect();
+    if (own_claims::holds(hash)) {
+        Datum values[4] = {scope.datum, key.datum, PG_GETARG_DATUM(2), UUIDPGetDatum(&hash)};
+        const char nulls[4] = {' ', ' ', PG_ARGISNULL(2) ? 'n' : ' ', ' '};
+        held = pg::run(store_response, fcinfo, values, nulls) == 1;
+    }
+    if (!held)
+        ereport(ERROR,
+                (errcode(IDEM_ERRCODE_NO_CLAIM_HELD),
+                 errmsg("this transaction holds no claim on key %s in scope %s",
+                        pg::key_for_message(key.key), scope_for_message(scope)),
+                 errhint("Call idem_begin() or idem_claim() for the key first, in the same transaction.")));
+    SPI_finish();
+    return 0;
 }
 
 // idem_forget(key text, scope text DEFAULT 'default') RETURNS boolean
 IDEM_SQL_FUNCTION(idem_forget)
 {
-    return pg::guarded([&]() -> Datum {
-        PreventCommandIfReadOnly("idem_forget()");
-        pg::KeyArg key = pg::key_arg(fcinfo, 0, "key");
-        pg::ScopeArg scope = pg::scope_arg(fcinfo, 1, "scope");
-        pg_uuid_t hash = key_hash_of(scope, key);
+    PreventCommandIfReadOnly("idem_forget()");
+    pg::KeyArg key = pg::key_arg(fcinfo, 0, "key");
+    pg::ScopeArg scope = pg::scope_arg(fcinfo, 1, "scope");
+    pg_uuid_t hash = key_hash_of(scope, key);
 
-        pg::connect();
-        Datum values[3] = {scope.datum, key.datum, UUIDPGetDatum(&hash)};
-        bool existed = false;
-        if (pg::run(forget_claim, fcinfo, values, nullptr) == 1) {
-            // An expired claim is as good as absent, by the clock after the
-            // DELETE, which may have waited for the claim's writer.
-            bool never_expires;
-            TimestampTz expires_at = DatumGetTimestampTz(pg::result_value(0, 1, &never_expires));
-            existed = is_live(never_expires, expires_at, GetCurrentTimestamp());
-        }
-        SPI_finish();
-        return BoolGetDatum(existed);
-    });
+    pg::connect();
+    Datum values[3] = {scope.datum, key.datum, UUIDPGetDatum(&hash)};
+    bool existed = false;
+    if (pg::run(forget_claim, fcinfo, values, nullptr) == 1) {
+        // An expired claim is as good as absent, by the clock after the
+        // DELETE, which may have waited for the claim's writer.
+        bool never_expires;
+        TimestampTz expires_at = DatumGetTimestampTz(pg::result_value(0, 1, &never_expires));
+        existed = is_live(never_expires, expires_at, GetCurrentTimestamp());
+    }
+    SPI_finish();
+    return BoolGetDatum(existed);
 }

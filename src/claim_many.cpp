@@ -154,61 +154,58 @@ using namespace idem::claims;
 
 IDEM_SQL_FUNCTION(idem_claim_many)
 {
-    return pg::guarded([&]() -> Datum {
-        PreventCommandIfReadOnly("idem_claim_many()");
-        if (PG_ARGISNULL(0))
-            ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("keys must not be NULL")));
-        ArrayType* array = PG_GETARG_ARRAYTYPE_P(0);
-        int given = ArrayGetNItems(ARR_NDIM(array), ARR_DIMS(array));
-        if (given > max_keys_per_call)
-            ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-                            errmsg("keys holds %d elements, at most %d are allowed", given, max_keys_per_call),
-                            errhint("Claim the keys in several calls; they may share a transaction.")));
-        Datum* elements;
-        bool* element_nulls;
-        Batch b;
-        deconstruct_array(array, TEXTOID, -1, false, TYPALIGN_INT, &elements, &element_nulls, &b.n);
+    PreventCommandIfReadOnly("idem_claim_many()");
+    pg::require_arg(fcinfo, 0, "keys");
+    ArrayType* array = PG_GETARG_ARRAYTYPE_P(0);
+    int given = ArrayGetNItems(ARR_NDIM(array), ARR_DIMS(array));
+    if (given > max_keys_per_call)
+        ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+                        errmsg("keys holds %d elements, at most %d are allowed", given, max_keys_per_call),
+                        errhint("Claim the keys in several calls; they may share a transaction.")));
+    Datum* elements;
+    bool* element_nulls;
+    Batch b;
+    deconstruct_array(array, TEXTOID, -1, false, TYPALIGN_INT, &elements, &element_nulls, &b.n);
 
-        // Validate every element before claiming any, naming the bad one.
-        int room = Max(b.n, 1);
-        ClaimRequest base = claim_request(fcinfo, pg::KeyArg{0, Key{{"", 0}}}, 1, 2);
-        b.keys = static_cast<pg::KeyArg*>(palloc(sizeof(pg::KeyArg) * room));
-        b.hashes = static_cast<pg_uuid_t*>(palloc(sizeof(pg_uuid_t) * room));
-        auto* texts = static_cast<Text*>(palloc(sizeof(Text) * room));
-        for (int i = 0; i < b.n; i++) {
-            char name[32];
-            snprintf(name, sizeof name, "keys[%d]", i + 1);
-            b.keys[i] = pg::key_datum(elements[i], element_nulls[i], name);
-            b.hashes[i] = key_hash_of(base.scope, b.keys[i]);
-            texts[i] = b.keys[i].key.text;
-        }
-        b.order = static_cast<int*>(palloc(sizeof(int) * room));
-        b.first = static_cast<int*>(palloc(sizeof(int) * room));
-        b.claimed = static_cast<bool*>(palloc0(sizeof(bool) * room));
-        b.n_distinct = distinct_in_byte_order(texts, b.n, b.order, b.first);
+    // Validate every element before claiming any, naming the bad one.
+    int room = Max(b.n, 1);
+    ClaimRequest base = claim_request(fcinfo, pg::KeyArg{0, Key{{"", 0}}}, 1, 2);
+    b.keys = static_cast<pg::KeyArg*>(palloc(sizeof(pg::KeyArg) * room));
+    b.hashes = static_cast<pg_uuid_t*>(palloc(sizeof(pg_uuid_t) * room));
+    auto* texts = static_cast<Text*>(palloc(sizeof(Text) * room));
+    for (int i = 0; i < b.n; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "keys[%d]", i + 1);
+        b.keys[i] = pg::key_datum(elements[i], element_nulls[i], name);
+        b.hashes[i] = key_hash_of(base.scope, b.keys[i]);
+        texts[i] = b.keys[i].key.text;
+    }
+    b.order = static_cast<int*>(palloc(sizeof(int) * room));
+    b.first = static_cast<int*>(palloc(sizeof(int) * room));
+    b.claimed = static_cast<bool*>(palloc0(sizeof(bool) * room));
+    b.n_distinct = distinct_in_byte_order(texts, b.n, b.order, b.first);
 
-        InitMaterializedSRF(fcinfo, 0);
-        MemoryContext cxt = CurrentMemoryContext;
-        MemoryContext chunk_cxt = AllocSetContextCreate(cxt, "pg_idem claim_many chunk", ALLOCSET_DEFAULT_SIZES);
-        pg::connect();
-        for (int from = 0, to; from < b.n_distinct; from = to) {
-            to = chunk_end(b, from);
-            MemoryContext old = MemoryContextSwitchTo(chunk_cxt);
-            claim_chunk(b, from, to, base, fcinfo);
-            MemoryContextSwitchTo(old);
-            MemoryContextReset(chunk_cxt);
-            CHECK_FOR_INTERRUPTS();
-        }
-        SPI_finish();
+    InitMaterializedSRF(fcinfo, 0);
+    MemoryContext cxt = CurrentMemoryContext;
+    MemoryContext chunk_cxt = AllocSetContextCreate(cxt, "pg_idem claim_many chunk", ALLOCSET_DEFAULT_SIZES);
+    pg::connect();
+    for (int from = 0, to; from < b.n_distinct; from = to) {
+        to = chunk_end(b, from);
+        MemoryContext old = MemoryContextSwitchTo(chunk_cxt);
+        claim_chunk(b, from, to, base, fcinfo);
+        MemoryContextSwitchTo(old);
+        MemoryContextReset(chunk_cxt);
+        CHECK_FOR_INTERRUPTS();
+    }
+    SPI_finish();
 
-        auto* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
-        for (int i = 0; i < b.n; i++) {
-            if (b.first[i] != i)
-                continue;
-            Datum values[2] = {b.keys[i].datum, BoolGetDatum(b.claimed[i])};
-            bool nulls[2] = {false, false};
-            tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-        }
-        return 0;
-    });
+    auto* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
+    for (int i = 0; i < b.n; i++) {
+        if (b.first[i] != i)
+            continue;
+        Datum values[2] = {b.keys[i].datum, BoolGetDatum(b.claimed[i])};
+        bool nulls[2] = {false, false};
+        tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+    }
+    return 0;
 }

@@ -9,6 +9,7 @@
 // amount never drops below zero and every successful decrement is counted
 // in the drop.
 #include "pg/guard.hpp"
+#include "pg/args.hpp"
 #include "pg/row_target.hpp"
 #include "pg/spi.hpp"
 #include "stats.hpp"
@@ -133,52 +134,49 @@ using namespace idem;
 // idem_decrement(rel regclass, key_column name, key anyelement, amount_column name, n numeric) RETURNS numeric
 IDEM_SQL_FUNCTION(idem_decrement)
 {
-    return pg::guarded([&]() -> Datum {
-        pg::RowTarget target = pg::row_target(fcinfo, 0, 1, 2);
-        pg::Column amount = pg::target_column(target, fcinfo, 3, "amount_column");
-        if (!is_amount_type(amount.type))
-            ereport(ERROR, (errcode(ERRCODE_DATATYPE_MISMATCH),
-                            errmsg("amount_column \"%s\" is of type %s", amount.name, format_type_be(amount.declared_type)),
-                            errhint("The amount must be smallint, integer, bigint or numeric.")));
-        if (PG_ARGISNULL(4))
-            ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("n must not be NULL")));
-        Numeric n = PG_GETARG_NUMERIC(4);
-        if (numeric_is_nan(n) || numeric_is_inf(n) ||
-            !DatumGetBool(DirectFunctionCall2(numeric_gt, NumericGetDatum(n),
-                                              DirectFunctionCall1(int4_numeric, Int32GetDatum(0)))))
-            ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-                            errmsg("n must be a positive amount, got %s", numeric_normalize(n))));
-        Datum by = amount_of(n, amount);
+    pg::RowTarget target = pg::row_target(fcinfo, 0, 1, 2);
+    pg::Column amount = pg::target_column(target, fcinfo, 3, "amount_column");
+    if (!is_amount_type(amount.type))
+        ereport(ERROR, (errcode(ERRCODE_DATATYPE_MISMATCH),
+                        errmsg("amount_column \"%s\" is of type %s", amount.name, format_type_be(amount.declared_type)),
+                        errhint("The amount must be smallint, integer, bigint or numeric.")));
+    pg::require_arg(fcinfo, 4, "n");
+    Numeric n = PG_GETARG_NUMERIC(4);
+    if (numeric_is_nan(n) || numeric_is_inf(n) ||
+        !DatumGetBool(DirectFunctionCall2(numeric_gt, NumericGetDatum(n),
+                                          DirectFunctionCall1(int4_numeric, Int32GetDatum(0)))))
+        ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                        errmsg("n must be a positive amount, got %s", numeric_normalize(n))));
+    Datum by = amount_of(n, amount);
 
-        pg::connect();
-        pg::CachedPlans* plans =
-            pg::cached_plans(pg::PlanKey{target.relid, target.key_column.att, amount.att, target.key_arg_type, decrement_plans});
-        pg::check_target(target, plans);
-        Datum values[2] = {target.key, by};
-        for (int attempt = 1;; attempt++) {
-            if (pg::run_change(target, change_plan(target, amount, plans), values) == 1) {
-                Datum result = new_amount(target, amount);
-                SPI_finish();
-                stats::count(stats::decrement_done);
-                return result;
-            }
-            // Nothing changed. Under READ COMMITTED the UPDATE judged the
-            // newest committed version of the row it found, so its answer
-            // stands: the look-up tells "no row" (P0002) from "the row was
-            // not decremented" (NULL) -- it held less than n, or a BEFORE
-            // trigger or a row-level security policy for UPDATE kept it as
-            // it was, where plain SQL says UPDATE 0. Only a row that holds
-            // enough by the look-up's newer snapshot gets one more UPDATE:
-            // another transaction replaced the row the UPDATE waited for
-            // (deleted and inserted it again, or gave it this key).
-            pg::run_look(target, look_plan(target, amount, plans), values);
-            bool isnull;
-            bool holds_enough = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-            if (isnull || !holds_enough || attempt == 2)
-                break;
+    pg::connect();
+    pg::CachedPlans* plans =
+        pg::cached_plans(pg::PlanKey{target.relid, target.key_column.att, amount.att, target.key_arg_type, decrement_plans});
+    pg::check_target(target, plans);
+    Datum values[2] = {target.key, by};
+    for (int attempt = 1;; attempt++) {
+        if (pg::run_change(target, change_plan(target, amount, plans), values) == 1) {
+            Datum result = new_amount(target, amount);
+            SPI_finish();
+            stats::count(stats::decrement_done);
+            return result;
         }
-        SPI_finish();
-        stats::count(stats::decrement_insufficient);
-        PG_RETURN_NULL();
-    });
+        // Nothing changed. Under READ COMMITTED the UPDATE judged the
+        // newest committed version of the row it found, so its answer
+        // stands: the look-up tells "no row" (P0002) from "the row was
+        // not decremented" (NULL) -- it held less than n, or a BEFORE
+        // trigger or a row-level security policy for UPDATE kept it as
+        // it was, where plain SQL says UPDATE 0. Only a row that holds
+        // enough by the look-up's newer snapshot gets one more UPDATE:
+        // another transaction replaced the row the UPDATE waited for
+        // (deleted and inserted it again, or gave it this key).
+        pg::run_look(target, look_plan(target, amount, plans), values);
+        bool isnull;
+        bool holds_enough = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+        if (isnull || !holds_enough || attempt == 2)
+            break;
+    }
+    SPI_finish();
+    stats::count(stats::decrement_insufficient);
+    PG_RETURN_NULL();
 }

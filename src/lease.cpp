@@ -118,83 +118,76 @@ using namespace idem;
 // idem_lease_acquire(name text, owner text, ttl interval) RETURNS bigint
 IDEM_SQL_FUNCTION(idem_lease_acquire)
 {
-    return pg::guarded([&]() -> Datum {
-        PreventCommandIfReadOnly("idem_lease_acquire()");
-        Datum name = lease_name_arg(fcinfo, 0, "name");
-        Datum owner = lease_name_arg(fcinfo, 1, "owner");
-        pg::Ttl ttl = pg::ttl_arg(fcinfo, 2, "ttl", false);
+    PreventCommandIfReadOnly("idem_lease_acquire()");
+    Datum name = lease_name_arg(fcinfo, 0, "name");
+    Datum owner = lease_name_arg(fcinfo, 1, "owner");
+    pg::Ttl ttl = pg::ttl_arg(fcinfo, 2, "ttl", false);
 
-        pg::connect();
-        Datum names[2] = {name, owner};
-        if (pg::run(peek_lease, fcinfo, names, nullptr) == 1) {
-            bool same_owner, isnull;
+    pg::connect();
+    Datum names[2] = {name, owner};
+    if (pg::run(peek_lease, fcinfo, names, nullptr) == 1) {
+        bool same_owner, isnull;
+        same_owner = DatumGetBool(pg::result_value(0, 1, &isnull));
+        TimestampTz expires_at = DatumGetTimestampTz(pg::result_value(0, 2, &isnull));
+        if (!same_owner && GetCurrentTimestamp() < expires_at)
+            return refused(fcinfo);
+    }
+    for (int round = 0; round < max_acquire_rounds; round++) {
+        bool same_owner = false, isnull;
+        TimestampTz expires_at = DT_NOBEGIN;
+        int64 token = 0;
+        if (pg::run(lock_lease, fcinfo, names, nullptr) == 1) {
             same_owner = DatumGetBool(pg::result_value(0, 1, &isnull));
-            TimestampTz expires_at = DatumGetTimestampTz(pg::result_value(0, 2, &isnull));
-            if (!same_owner && GetCurrentTimestamp() < expires_at)
-                return refused(fcinfo);
+            expires_at = DatumGetTimestampTz(pg::result_value(0, 2, &isnull));
+            token = DatumGetInt64(pg::result_value(0, 3, &isnull));
+        } else if (pg::run(insert_lease, fcinfo, names, nullptr) == 0) {
+            continue;  // a concurrent first acquirer inserted it
         }
-        for (int round = 0; round < max_acquire_rounds; round++) {
-            bool same_owner = false, isnull;
-            TimestampTz expires_at = DT_NOBEGIN;
-            int64 token = 0;
-            if (pg::run(lock_lease, fcinfo, names, nullptr) == 1) {
-                same_owner = DatumGetBool(pg::result_value(0, 1, &isnull));
-                expires_at = DatumGetTimestampTz(pg::result_value(0, 2, &isnull));
-                token = DatumGetInt64(pg::result_value(0, 3, &isnull));
-            } else if (pg::run(insert_lease, fcinfo, names, nullptr) == 0) {
-                continue;  // a concurrent first acquirer inserted it
-            }
-            TimestampTz now = GetCurrentTimestamp();
-            TimestampTz new_expiry = pg::expiry_at(ttl, now).at;
-            if (now < expires_at && !same_owner)
-                return refused(fcinfo);
-            if (now < expires_at) {
-                Datum values[2] = {name, TimestampTzGetDatum(new_expiry)};
-                pg::run(extend_lease, fcinfo, values, nullptr);
-                return granted(token);  // the same owner keeps its token
-            }
-            token = fencing_token(fcinfo);
-            Datum values[5] = {name, owner, Int64GetDatum(token), TimestampTzGetDatum(now),
-                               TimestampTzGetDatum(new_expiry)};
-            pg::run(grant_lease, fcinfo, values, nullptr);
-            return granted(token);
+        TimestampTz now = GetCurrentTimestamp();
+        TimestampTz new_expiry = pg::expiry_at(ttl, now).at;
+        if (now < expires_at && !same_owner)
+            return refused(fcinfo);
+        if (now < expires_at) {
+            Datum values[2] = {name, TimestampTzGetDatum(new_expiry)};
+            pg::run(extend_lease, fcinfo, values, nullptr);
+            return granted(token);  // the same owner keeps its token
         }
-        ereport(ERROR, (errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-                        errmsg("could not acquire the lease: concurrent transactions kept changing it")));
-        pg_unreachable();
-    });
+        token = fencing_token(fcinfo);
+        Datum values[5] = {name, owner, Int64GetDatum(token), TimestampTzGetDatum(now),
+                           TimestampTzGetDatum(new_expiry)};
+        pg::run(grant_lease, fcinfo, values, nullptr);
+        return granted(token);
+    }
+    ereport(ERROR, (errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+                    errmsg("could not acquire the lease: concurrent transactions kept changing it")));
+    pg_unreachable();
 }
 
 // idem_lease_release(name text, owner text) RETURNS boolean
 IDEM_SQL_FUNCTION(idem_lease_release)
 {
-    return pg::guarded([&]() -> Datum {
-        PreventCommandIfReadOnly("idem_lease_release()");
-        Datum name = lease_name_arg(fcinfo, 0, "name");
-        Datum owner = lease_name_arg(fcinfo, 1, "owner");
-        pg::connect();
-        Datum values[3] = {name, owner, TimestampTzGetDatum(GetCurrentTimestamp())};
-        bool released = false;
-        if (pg::run(release_lease, fcinfo, values, nullptr) == 1) {
-            bool isnull;
-            released = GetCurrentTimestamp() < DatumGetTimestampTz(pg::result_value(0, 1, &isnull));
-        }
-        SPI_finish();
-        PG_RETURN_BOOL(released);
-    });
+    PreventCommandIfReadOnly("idem_lease_release()");
+    Datum name = lease_name_arg(fcinfo, 0, "name");
+    Datum owner = lease_name_arg(fcinfo, 1, "owner");
+    pg::connect();
+    Datum values[3] = {name, owner, TimestampTzGetDatum(GetCurrentTimestamp())};
+    bool released = false;
+    if (pg::run(release_lease, fcinfo, values, nullptr) == 1) {
+        bool isnull;
+        released = GetCurrentTimestamp() < DatumGetTimestampTz(pg::result_value(0, 1, &isnull));
+    }
+    SPI_finish();
+    PG_RETURN_BOOL(released);
 }
 
 // idem_lease_check(name text, fencing_token bigint) RETURNS boolean
 IDEM_SQL_FUNCTION(idem_lease_check)
 {
-    return pg::guarded([&]() -> Datum {
-        Datum name = lease_name_arg(fcinfo, 0, "name");
-        if (PG_ARGISNULL(1))
-            ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("fencing_token must not be NULL")));
-        pg::connect();
-        Datum values[3] = {name, PG_GETARG_DATUM(1), TimestampTzGetDatum(GetCurrentTimestamp())};
-        bool held = pg::run(check_lease, fcinfo, values, nullptr) == 1;
-        SPI_finish();
-        PG_RETURN_BOOL(held);
-    });
+    Datum name = lease_name_arg(fcinfo, 0, "name");
+    pg::require_arg(fcinfo, 1, "fencing_token");
+    pg::connect();
+    Datum values[3] = {name, PG_GETARG_DATUM(1), TimestampTzGetDatum(GetCurrentTimestamp())};
+    bool held = pg::run(check_lease, fcinfo, values, nullptr) == 1;
+    SPI_finish();
+    PG_RETURN_BOOL(held);
 }

@@ -112,32 +112,30 @@ using namespace idem;
 // locks last until the caller's transaction ends (README "Expiry and purge").
 IDEM_SQL_FUNCTION(idem_purge)
 {
-    return pg::guarded([&]() -> Datum {
-        PreventCommandIfReadOnly("idem_purge()");
-        int64 max_rows = PG_INT64_MAX;
-        if (!PG_ARGISNULL(0)) {
-            int32 arg = PG_GETARG_INT32(0);
-            if (arg <= 0)
-                ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-                                errmsg("max_rows must be positive"),
-                                errhint("Pass NULL to purge every expired row.")));
-            max_rows = arg;
-        }
-        TimestampTz now = GetCurrentTimestamp();
-        Oid nsp = get_func_namespace(fcinfo->flinfo->fn_oid);
+    PreventCommandIfReadOnly("idem_purge()");
+    int64 max_rows = PG_INT64_MAX;
+    if (!PG_ARGISNULL(0)) {
+        int32 arg = PG_GETARG_INT32(0);
+        if (arg <= 0)
+            ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                            errmsg("max_rows must be positive"),
+                            errhint("Pass NULL to purge every expired row.")));
+        max_rows = arg;
+    }
+    TimestampTz now = GetCurrentTimestamp();
+    Oid nsp = get_func_namespace(fcinfo->flinfo->fn_oid);
 
-        pg::connect();
-        purge::Cursor cursor;
-        purge::start_cursor(&cursor);
-        int64 total = 0;
-        for (;;) {
-            int64 batch = Min(max_rows - total, static_cast<int64>(purge::batch_size));
-            total += purge::delete_expired(nsp, now, batch, &cursor);
-            if (cursor.done || total >= max_rows)
-                break;
-            CHECK_FOR_INTERRUPTS();
-        }
-        SPI_finish();
-        PG_RETURN_INT64(total);
-    });
+    pg::connect();
+    purge::Cursor cursor;
+    purge::start_cursor(&cursor);
+    int64 total = 0;
+    for (;;) {
+        int64 batch = Min(max_rows - total, static_cast<int64>(purge::batch_size));
+        total += purge::delete_expired(nsp, now, batch, &cursor);
+        if (cursor.done || total >= max_rows)
+            break;
+        CHECK_FOR_INTERRUPTS();
+    }
+    SPI_finish();
+    PG_RETURN_INT64(total);
 }

@@ -488,29 +488,27 @@ using namespace idem::stats;
 // current database.
 IDEM_SQL_FUNCTION(idem_stats_snapshot)
 {
-    return idem::pg::guarded([&]() -> Datum {
-        require_shared();
-        InitMaterializedSRF(fcinfo, 0);
-        auto* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
-        Datum values[event_count + 3];
-        bool nulls[event_count + 3] = {};
-        for (;;) {
-            DbStats* d = this_database();
-            LWLockAcquire(shared->lock, LW_SHARED);
-            if (pg_atomic_read_u32(&d->dbid) == MyDatabaseId) {
-                for (int e = 0; e < event_count; e++)
-                    values[e] = counter_datum(&d->counters[e]);
-                values[event_count] = counter_datum(&d->scope_events_dropped);
-                values[event_count + 1] = counter_datum(&d->scopes_dropped);
-                values[event_count + 2] = TimestampTzGetDatum(d->reset_at);
-                LWLockRelease(shared->lock);
-                break;
-            }
-            LWLockRelease(shared->lock);  // taken over meanwhile: take one again
+    require_shared();
+    InitMaterializedSRF(fcinfo, 0);
+    auto* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
+    Datum values[event_count + 3];
+    bool nulls[event_count + 3] = {};
+    for (;;) {
+        DbStats* d = this_database();
+        LWLockAcquire(shared->lock, LW_SHARED);
+        if (pg_atomic_read_u32(&d->dbid) == MyDatabaseId) {
+            for (int e = 0; e < event_count; e++)
+                values[e] = counter_datum(&d->counters[e]);
+            values[event_count] = counter_datum(&d->scope_events_dropped);
+            values[event_count + 1] = counter_datum(&d->scopes_dropped);
+            values[event_count + 2] = TimestampTzGetDatum(d->reset_at);
+            LWLockRelease(shared->lock);
+            break;
         }
-        tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-        return 0;
-    });
+        LWLockRelease(shared->lock);  // taken over meanwhile: take one again
+    }
+    tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+    return 0;
 }
 
 // idem_scope_stats_snapshot() RETURNS TABLE (scope text, ...) : the
@@ -518,40 +516,36 @@ IDEM_SQL_FUNCTION(idem_stats_snapshot)
 // lock is held, out of memory, releases it with the transaction.)
 IDEM_SQL_FUNCTION(idem_scope_stats_snapshot)
 {
-    return idem::pg::guarded([&]() -> Datum {
-        require_shared();
-        InitMaterializedSRF(fcinfo, 0);
-        auto* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
-        constexpr int ncols = scope_event_count + 2;
-        LWLockAcquire(shared->lock, LW_SHARED);
-        for (int s = 0; s < max_scopes; s++) {
-            ScopeSlot* slot = &slots[s];
-            if (!slot->used || slot->key.dbid != MyDatabaseId)
-                continue;
-            Datum values[ncols];
-            bool nulls[ncols] = {};
-            values[0] = CStringGetTextDatum(slot->key.scope);
-            for (int e = 0; e < scope_event_count; e++)
-                values[e + 1] = counter_datum(&slot->counters[e]);
-            values[scope_event_count + 1] = TimestampTzGetDatum(slot->since);
-            tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-        }
-        LWLockRelease(shared->lock);
-        return 0;
-    });
+    require_shared();
+    InitMaterializedSRF(fcinfo, 0);
+    auto* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
+    constexpr int ncols = scope_event_count + 2;
+    LWLockAcquire(shared->lock, LW_SHARED);
+    for (int s = 0; s < max_scopes; s++) {
+        ScopeSlot* slot = &slots[s];
+        if (!slot->used || slot->key.dbid != MyDatabaseId)
+            continue;
+        Datum values[ncols];
+        bool nulls[ncols] = {};
+        values[0] = CStringGetTextDatum(slot->key.scope);
+        for (int e = 0; e < scope_event_count; e++)
+            values[e + 1] = counter_datum(&slot->counters[e]);
+        values[scope_event_count + 1] = TimestampTzGetDatum(slot->since);
+        tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+    }
+    LWLockRelease(shared->lock);
+    return 0;
 }
 
 // idem_stats_reset() RETURNS void: the current database's counters and scopes.
 IDEM_SQL_FUNCTION(idem_stats_reset)
 {
-    return idem::pg::guarded([&]() -> Datum {
-        require_shared();
-        LWLockAcquire(shared->lock, LW_EXCLUSIVE);
-        DbStats* d = claim_database_locked();
-        my_db = d;
-        zero_database(d);
-        drop_scopes_locked(MyDatabaseId);
-        LWLockRelease(shared->lock);
-        return 0;
-    });
+    require_shared();
+    LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+    DbStats* d = claim_database_locked();
+    my_db = d;
+    zero_database(d);
+    drop_scopes_locked(MyDatabaseId);
+    LWLockRelease(shared->lock);
+    return 0;
 }

@@ -54,43 +54,38 @@ using namespace idem;
 // idem_token_issue(scope text DEFAULT 'default', ttl interval DEFAULT '1 hour') RETURNS uuid
 IDEM_SQL_FUNCTION(idem_token_issue)
 {
-    return pg::guarded([&]() -> Datum {
-        PreventCommandIfReadOnly("idem_token_issue()");
-        pg::ScopeArg scope = pg::scope_arg(fcinfo, 0, "scope");
-        TimestampTz now = GetCurrentTimestamp();
-        pg::Expiry expiry = pg::expiry_at(pg::ttl_arg(fcinfo, 1, "ttl", true), now);
-        auto* token = static_cast<pg_uuid_t*>(palloc(sizeof(pg_uuid_t)));
-        *token = random_token();
+    PreventCommandIfReadOnly("idem_token_issue()");
+    pg::ScopeArg scope = pg::scope_arg(fcinfo, 0, "scope");
+    TimestampTz now = GetCurrentTimestamp();
+    pg::Expiry expiry = pg::expiry_at(pg::ttl_arg(fcinfo, 1, "ttl", true), now);
+    auto* token = static_cast<pg_uuid_t*>(palloc(sizeof(pg_uuid_t)));
+    *token = random_token();
 
-        pg::connect();
-        Datum values[4] = {UUIDPGetDatum(token), scope.datum, TimestampTzGetDatum(now), TimestampTzGetDatum(expiry.at)};
-        const char nulls[4] = {' ', ' ', ' ', expiry.never ? 'n' : ' '};
-        pg::run(insert_token, fcinfo, values, nulls);
-        SPI_finish();
-        stats::count(stats::token_issued, scope.scope);
-        return UUIDPGetDatum(token);
-    });
+    pg::connect();
+    Datum values[4] = {UUIDPGetDatum(token), scope.datum, TimestampTzGetDatum(now), TimestampTzGetDatum(expiry.at)};
+    const char nulls[4] = {' ', ' ', ' ', expiry.never ? 'n' : ' '};
+    pg::run(insert_token, fcinfo, values, nulls);
+    SPI_finish();
+    stats::count(stats::token_issued, scope.scope);
+    return UUIDPGetDatum(token);
 }
 
 // idem_token_consume(token uuid, scope text DEFAULT 'default') RETURNS boolean
 IDEM_SQL_FUNCTION(idem_token_consume)
 {
-    return pg::guarded([&]() -> Datum {
-        PreventCommandIfReadOnly("idem_token_consume()");
-        if (PG_ARGISNULL(0))
-            ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("token must not be NULL")));
-        pg::ScopeArg scope = pg::scope_arg(fcinfo, 1, "scope");
+    PreventCommandIfReadOnly("idem_token_consume()");
+    pg::require_arg(fcinfo, 0, "token");
+    pg::ScopeArg scope = pg::scope_arg(fcinfo, 1, "scope");
 
-        pg::connect();
-        Datum values[3] = {PG_GETARG_DATUM(0), scope.datum, TimestampTzGetDatum(GetCurrentTimestamp())};
-        bool consumed = false;
-        if (pg::run(consume_token, fcinfo, values, nullptr) == 1) {
-            bool never_expires;
-            TimestampTz expires_at = DatumGetTimestampTz(pg::result_value(0, 1, &never_expires));
-            consumed = never_expires || GetCurrentTimestamp() < expires_at;
-        }
-        SPI_finish();
-        stats::count(consumed ? stats::token_consumed : stats::token_refused, scope.scope);
-        PG_RETURN_BOOL(consumed);
-    });
+    pg::connect();
+    Datum values[3] = {PG_GETARG_DATUM(0), scope.datum, TimestampTzGetDatum(GetCurrentTimestamp())};
+    bool consumed = false;
+    if (pg::run(consume_token, fcinfo, values, nullptr) == 1) {
+        bool never_expires;
+        TimestampTz expires_at = DatumGetTimestampTz(pg::result_value(0, 1, &never_expires));
+        consumed = never_expires || GetCurrentTimestamp() < expires_at;
+    }
+    SPI_finish();
+    stats::count(consumed ? stats::token_consumed : stats::token_refused, scope.scope);
+    PG_RETURN_BOOL(consumed);
 }

@@ -7,6 +7,7 @@
 // transitions serialise on the row lock and the second re-checks `state =
 // from` against what the first committed, so exactly one of them moves it.
 #include "pg/guard.hpp"
+#include "pg/args.hpp"
 #include "pg/row_target.hpp"
 #include "pg/spi.hpp"
 
@@ -87,8 +88,7 @@ SPIPlanPtr plan(Statement which, const pg::RowTarget& target, const pg::Column& 
 
 Datum state_arg(FunctionCallInfo fcinfo, int argno, const char* name)
 {
-    if (PG_ARGISNULL(argno))
-        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("%s must not be NULL", name)));
+    pg::require_arg(fcinfo, argno, name);
     return PG_GETARG_DATUM(argno);
 }
 
@@ -101,65 +101,63 @@ using namespace idem;
 //                 from_state text, to_state text) RETURNS boolean
 IDEM_SQL_FUNCTION(idem_transition)
 {
-    return pg::guarded([&]() -> Datum {
-        pg::RowTarget target = pg::row_target(fcinfo, 0, 1, 2);
-        pg::Column state = pg::target_column(target, fcinfo, 3, "state_column");
-        Datum from = state_arg(fcinfo, 4, "from_state");
-        Datum to = state_arg(fcinfo, 5, "to_state");
-        if (same_state(from, to, state))
-            ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-                            errmsg("from_state %s and to_state %s name the same state of column \"%s\"",
-                                   quote_literal_cstr(TextDatumGetCString(from)),
-                                   quote_literal_cstr(TextDatumGetCString(to)), state.name),
-                            errhint("A transition moves a row from one state to another.")));
+    pg::RowTarget target = pg::row_target(fcinfo, 0, 1, 2);
+    pg::Column state = pg::target_column(target, fcinfo, 3, "state_column");
+    Datum from = state_arg(fcinfo, 4, "from_state");
+    Datum to = state_arg(fcinfo, 5, "to_state");
+    if (same_state(from, to, state))
+        ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                        errmsg("from_state %s and to_state %s name the same state of column \"%s\"",
+                               quote_literal_cstr(TextDatumGetCString(from)),
+                               quote_literal_cstr(TextDatumGetCString(to)), state.name),
+                        errhint("A transition moves a row from one state to another.")));
 
-        pg::connect();
-        pg::CachedPlans* plans =
-            pg::cached_plans(pg::PlanKey{target.relid, target.key_column.att, state.att, target.key_arg_type, transition_plans});
-        pg::check_target(target, plans);
-        Datum values[3] = {target.key, from, to};
-        bool isnull, at_to, at_from;
-        const char* current_state;
-        for (int attempt = 1;; attempt++) {
-            if (pg::run_change(target, plan(Statement::change, target, state, plans), values) == 1) {
-                SPI_finish();
-                PG_RETURN_BOOL(true);
-            }
-            // Nothing changed. Under READ COMMITTED the UPDATE judged the
-            // newest committed version of the row it found, so its answer
-            // stands; the look-up tells why. Only a row in from_state by the
-            // look-up's newer snapshot gets one more UPDATE: another
-            // transaction replaced the row the UPDATE waited for.
-            pg::run_look(target, plan(Statement::look, target, state, plans), values);
-            Datum current = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-            current_state = isnull ? "NULL" : quote_literal_cstr(TextDatumGetCString(current));
-            bool unknown;  // a NULL state is neither
-            at_to = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &unknown));
-            at_from = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &unknown));
-            if (isnull || !at_from || attempt == 2)
-                break;
-        }
-        if (!isnull && at_to) {
+    pg::connect();
+    pg::CachedPlans* plans =
+        pg::cached_plans(pg::PlanKey{target.relid, target.key_column.att, state.att, target.key_arg_type, transition_plans});
+    pg::check_target(target, plans);
+    Datum values[3] = {target.key, from, to};
+    bool isnull, at_to, at_from;
+    const char* current_state;
+    for (int attempt = 1;; attempt++) {
+        if (pg::run_change(target, plan(Statement::change, target, state, plans), values) == 1) {
             SPI_finish();
-            PG_RETURN_BOOL(false);  // already there: a repeated request
+            PG_RETURN_BOOL(true);
         }
-        const char* from_state = quote_literal_cstr(TextDatumGetCString(from));
-        // In from_state and still not moved: a BEFORE trigger or a row-level
-        // security policy for UPDATE kept the row as it was (plain SQL's
-        // UPDATE 0). Never false, which would tell the caller it is done.
-        if (!isnull && at_from)
-            ereport(ERROR, (errcode(IDEM_ERRCODE_WRONG_STATE),
-                            errmsg("row of \"%s\" with %s = %s is in state %s, but the UPDATE to %s changed nothing",
-                                   target.rel_name, target.key_column.name, pg::key_for_message(target),
-                                   current_state, quote_literal_cstr(TextDatumGetCString(to))),
-                            errhint("A BEFORE UPDATE trigger or a row-level security policy for UPDATE kept the "
-                                    "row as it was, or another transaction moved it back to %s meanwhile.",
-                                    from_state)));
+        // Nothing changed. Under READ COMMITTED the UPDATE judged the
+        // newest committed version of the row it found, so its answer
+        // stands; the look-up tells why. Only a row in from_state by the
+        // look-up's newer snapshot gets one more UPDATE: another
+        // transaction replaced the row the UPDATE waited for.
+        pg::run_look(target, plan(Statement::look, target, state, plans), values);
+        Datum current = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+        current_state = isnull ? "NULL" : quote_literal_cstr(TextDatumGetCString(current));
+        bool unknown;  // a NULL state is neither
+        at_to = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &unknown));
+        at_from = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &unknown));
+        if (isnull || !at_from || attempt == 2)
+            break;
+    }
+    if (!isnull && at_to) {
+        SPI_finish();
+        PG_RETURN_BOOL(false);  // already there: a repeated request
+    }
+    const char* from_state = quote_literal_cstr(TextDatumGetCString(from));
+    // In from_state and still not moved: a BEFORE trigger or a row-level
+    // security policy for UPDATE kept the row as it was (plain SQL's
+    // UPDATE 0). Never false, which would tell the caller it is done.
+    if (!isnull && at_from)
         ereport(ERROR, (errcode(IDEM_ERRCODE_WRONG_STATE),
-                        errmsg("row of \"%s\" with %s = %s is in state %s, not %s", target.rel_name,
-                               target.key_column.name, pg::key_for_message(target), current_state, from_state),
-                        errhint("A transition to \"%s\" starts from \"%s\".", TextDatumGetCString(to),
-                                TextDatumGetCString(from))));
-        pg_unreachable();
-    });
+                        errmsg("row of \"%s\" with %s = %s is in state %s, but the UPDATE to %s changed nothing",
+                               target.rel_name, target.key_column.name, pg::key_for_message(target),
+                               current_state, quote_literal_cstr(TextDatumGetCString(to))),
+                        errhint("A BEFORE UPDATE trigger or a row-level security policy for UPDATE kept the "
+                                "row as it was, or another transaction moved it back to %s meanwhile.",
+                                from_state)));
+    ereport(ERROR, (errcode(IDEM_ERRCODE_WRONG_STATE),
+                    errmsg("row of \"%s\" with %s = %s is in state %s, not %s", target.rel_name,
+                           target.key_column.name, pg::key_for_message(target), current_state, from_state),
+                    errhint("A transition to \"%s\" starts from \"%s\".", TextDatumGetCString(to),
+                            TextDatumGetCString(from))));
+    pg_unreachable();
 }

@@ -17,6 +17,12 @@ Text text_view(Datum datum)
 
 }  // namespace
 
+void require_arg(FunctionCallInfo fcinfo, int argno, const char* name)
+{
+    if (PG_ARGISNULL(argno))
+        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("%s must not be NULL", name)));
+}
+
 KeyArg key_datum(Datum datum, bool isnull, const char* name)
 {
     if (isnull)
@@ -43,7 +49,7 @@ Ttl ttl_arg(FunctionCallInfo fcinfo, int argno, const char* name, bool null_mean
 {
     if (PG_ARGISNULL(argno)) {
         if (!null_means_never)
-            ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("%s must not be NULL", name)));
+            require_arg(fcinfo, argno, name);
         return Ttl{name, nullptr};
     }
     Interval* ttl = PG_GETARG_INTERVAL_P(argno);

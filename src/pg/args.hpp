@@ -20,6 +20,9 @@ struct ScopeArg {
     Scope scope;
 };
 
+// 22004 naming the argument when argument `argno` is NULL.
+void require_arg(FunctionCallInfo fcinfo, int argno, const char* name);
+
 // `name` names the argument in errors (22004 NULL, 22023 empty, 22001 too long).
 KeyArg key_arg(FunctionCallInfo fcinfo, int argno, const char* name);
 ScopeArg scope_arg(FunctionCallInfo fcinfo, int argno, const char* name);

@@ -1,21 +1,27 @@
 // The C++/PostgreSQL boundary: rule 1 of STYLE.md.
 //
-// Every SQL-callable function runs its body through guarded(). A C++
-// exception that escapes the body is caught here, copied into plain storage,
-// and only after the catch block has ended is it raised as a PostgreSQL
-// ERROR with its real SQLSTATE (idem::Error), 53200 (std::bad_alloc) or 38000
-// (anything else: a bug, reported as "external routine exception" rather
-// than the anonymous XX000).
+// Every SQL-callable function is defined with IDEM_SQL_FUNCTION (below),
+// which runs its body through guarded(): there is no other way to write one.
+// A C++ exception that escapes the body is caught there, copied into plain
+// storage, and only after the catch block has ended is it raised as a
+// PostgreSQL ERROR with its real SQLSTATE (idem::Error), 53200
+// (std::bad_alloc) or 38000 (anything else: a bug, reported as "external
+// routine exception" rather than the anonymous XX000).
 //
 // A PostgreSQL ERROR raised inside the body longjmps straight through this
 // frame, which is allowed because nothing here has a destructor; the
 // PostgreSQL-side code it crosses keeps to plain data (see postgres.hpp).
 //
-// PostgreSQL's error state is restored before the ERROR is raised: a C++
-// exception that leaves a PG_TRY block, or a frame that pushed an errcontext
-// callback, would otherwise leave PG_exception_stack or error_context_stack
-// pointing into a frame that no longer exists, and the next ERROR would jump
-// into it.
+// The rule that keeps the two apart: C++ exceptions start only in src/core
+// and in the argument readers (pg/args.hpp), and only before the body pushes
+// any PostgreSQL state (pg::connect(), a PG_TRY block, an errcontext
+// callback, a subtransaction). Callbacks PostgreSQL calls directly (hooks,
+// transaction callbacks, timeouts, the background worker) never throw. On an
+// assert-enabled server the catch path checks the first half of that
+// (check_entry_state). Should a throw break the rule anyway, the guard puts
+// PG_exception_stack and error_context_stack back as the call found them
+// before it raises: otherwise they would point into a frame that no longer
+// exists, and the next ERROR would jump into it (sql/guard.sql).
 #pragma once
 
 #include "core/error.hpp"
@@ -36,6 +42,11 @@ void caught(CaughtError* out, const idem::Error& e) noexcept;
 void caught_out_of_memory(CaughtError* out) noexcept;
 void caught_unexpected(CaughtError* out, const char* what) noexcept;
 [[noreturn]] void raise(const CaughtError* e);
+
+// Asserts (on an assert-enabled server) that a C++ exception reached the
+// guard with PostgreSQL's error state as the call found it, i.e. that it was
+// thrown before the body pushed any: the rule above.
+void check_entry_state(sigjmp_buf* exception_stack, ErrorContextCallback* context_stack) noexcept;
 
 // 55000 with a hint, for a feature that lives in shared memory: pg_idem
 // must be in shared_preload_libraries.
@@ -58,9 +69,23 @@ Datum guarded(Body&& body)
     } catch (...) {
         caught_unexpected(&error, "unknown C++ exception");
     }
+    check_entry_state(exception_stack, context_stack);
     PG_exception_stack = exception_stack;
     error_context_stack = context_stack;
     raise(&error);
 }
 
 }  // namespace idem::pg
+
+// Defines the SQL-callable function `name` (C linkage, version-1 calling
+// convention): the block that follows is its body, run through guarded().
+#define IDEM_SQL_FUNCTION(name)                                                            \
+    static Datum name##_body(FunctionCallInfo fcinfo);                                     \
+    extern "C" {                                                                           \
+    PG_FUNCTION_INFO_V1(name);                                                             \
+    }                                                                                      \
+    extern "C" Datum name(PG_FUNCTION_ARGS)                                                \
+    {                                                                                      \
+        return idem::pg::guarded([fcinfo]() -> Datum { return name##_body(fcinfo); });     \
+    }                                                                                      \
+    static Datum name##_body(FunctionCallInfo fcinfo)

@@ -11,14 +11,6 @@ extern "C" {
 #include "fmgr.h"
 }
 
-// Declares a SQL-callable function with C linkage. Its body must hand its
-// work to idem::pg::guarded() so that no C++ exception reaches PostgreSQL.
-#define IDEM_SQL_FUNCTION(name)        \
-    extern "C" {                       \
-    PG_FUNCTION_INFO_V1(name);         \
-    }                                  \
-    extern "C" Datum name(PG_FUNCTION_ARGS)
-
 // pg_idem's own SQLSTATEs (SPEC "Errors").
 #define IDEM_ERRCODE_REQUEST_MISMATCH MAKE_SQLSTATE('I', 'K', '0', '0', '1')
 #define IDEM_ERRCODE_NO_CLAIM_HELD    MAKE_SQLSTATE('I', 'K', '0', '0', '2')

@@ -1,5 +1,7 @@
 #include "pg/row_target.hpp"
 
+#include "pg/args.hpp"
+
 extern "C" {
 #include "access/htup_details.h"
 #include "access/table.h"
@@ -265,8 +267,7 @@ char lock_target(Oid relid)
 
 Name name_arg(FunctionCallInfo fcinfo, int argno, const char* arg_name)
 {
-    if (PG_ARGISNULL(argno))
-        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("%s must not be NULL", arg_name)));
+    require_arg(fcinfo, argno, arg_name);
     return PG_GETARG_NAME(argno);
 }
 
@@ -282,8 +283,7 @@ void row_target_init()
 RowTarget row_target(FunctionCallInfo fcinfo, int rel_argno, int key_column_argno, int key_argno)
 {
     RowTarget t;
-    if (PG_ARGISNULL(rel_argno))
-        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("rel must not be NULL")));
+    require_arg(fcinfo, rel_argno, "rel");
     t.relid = PG_GETARG_OID(rel_argno);
     char kind = lock_target(t.relid);
     t.rel_name = get_rel_name(t.relid);
@@ -297,8 +297,7 @@ RowTarget row_target(FunctionCallInfo fcinfo, int rel_argno, int key_column_argn
     t.key_column = column_of(t.relid, t.rel_name, name_arg(fcinfo, key_column_argno, "key_column"));
     const Column& key_column = t.key_column;
 
-    if (PG_ARGISNULL(key_argno))
-        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("key must not be NULL")));
+    require_arg(fcinfo, key_argno, "key");
     t.key = PG_GETARG_DATUM(key_argno);
     t.key_arg_type = get_fn_expr_argtype(fcinfo->flinfo, key_argno);
     Oid key_type = getBaseType(t.key_arg_type);

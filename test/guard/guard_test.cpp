@@ -30,29 +30,25 @@ void dead_frame_context(void* arg)
 
 IDEM_SQL_FUNCTION(idem_test_throw_in_pg_try)
 {
-    return idem::pg::guarded([&]() -> Datum {
-        PG_TRY();
-        {
-            throw_error("thrown inside PG_TRY");
-        }
-        PG_CATCH();
-        {
-            PG_RE_THROW();
-        }
-        PG_END_TRY();
-        return 0;
-    });
+    PG_TRY();
+    {
+        throw_error("thrown inside PG_TRY");
+    }
+    PG_CATCH();
+    {
+        PG_RE_THROW();
+    }
+    PG_END_TRY();
+    return 0;
 }
 
 IDEM_SQL_FUNCTION(idem_test_throw_in_errcontext)
 {
-    return idem::pg::guarded([&]() -> Datum {
-        char label[] = "this stack frame";
-        ErrorContextCallback context;
-        context.callback = dead_frame_context;
-        context.arg = label;
-        context.previous = error_context_stack;
-        error_context_stack = &context;
-        throw_error("thrown under an errcontext callback");
-    });
+    char label[] = "this stack frame";
+    ErrorContextCallback context;
+    context.callback = dead_frame_context;
+    context.arg = label;
+    context.previous = error_context_stack;
+    error_context_stack = &context;
+    throw_error("thrown under an errcontext callback");
 }
