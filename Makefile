@@ -58,9 +58,13 @@ unit: $(UNIT)
 test/unit/%_test: test/unit/%_test.cpp src/core/%.cpp $(wildcard src/core/*.hpp)
 	$(CXX) -std=c++17 -O2 -Wall -Wextra $(if $(WERROR),-Werror) -I$(srcdir)/src -o $@ $< src/core/$*.cpp $(filter-out src/core/$*.cpp,$(wildcard src/core/*.cpp))
 
-# The split between plain C++ and PostgreSQL code is checked at build time.
+# The split between plain C++ and PostgreSQL code is checked at build time:
+# every file of src/core must compile with src/ alone on the include path,
+# so none can include a PostgreSQL header, directly or through src/pg.
 .PHONY: core-check
 core-check:
-	@! grep -rlE '#include *[<"](postgres|fmgr|utils/|executor/|access/)' src/core \
-	  || { echo "src/core must not include PostgreSQL headers"; exit 1; }
+	@for f in $(wildcard src/core/*.cpp); do \
+	  $(CXX) -std=c++17 -fsyntax-only -I$(srcdir)/src $$f \
+	  || { echo "src/core must be plain C++: $$f does not compile without PostgreSQL's headers"; exit 1; }; \
+	done
 all: core-check
