@@ -1,17 +1,24 @@
 # pg_idem: a PGXS build of a C++17 extension.
 EXTENSION  = pg_idem
-EXTVERSION = 1.0
+# The version lives in one place, the control file's default_version.
+EXTVERSION = $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" $(EXTENSION).control)
 MODULE_big = pg_idem
 
 # One object per capability file; src/core never includes postgres.h (see core-check).
 SRCS = $(sort $(wildcard src/*.cpp src/pg/*.cpp src/core/*.cpp))
 OBJS = $(SRCS:.cpp=.o)
 
-# The install script is assembled from one SQL file per capability, in this order.
-INSTALL_SQL = src/sql/extension.sql src/sql/claim.sql src/sql/decrement.sql src/sql/token.sql src/sql/purge.sql src/sql/stats.sql src/sql/stock.sql
+# The install script is assembled from one SQL file per capability
+# (src/install/NAME.sql), after the header in extension.sql.
+INSTALL_SQL = src/install/extension.sql $(filter-out src/install/extension.sql,$(sort $(wildcard src/install/*.sql)))
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
+# Every upgrade script (pg_idem--OLD--NEW.sql) and every frozen release's
+# install script, by wildcard (CONTRIBUTING.md "Releasing").
+DATA        = $(filter-out $(DATA_built),$(wildcard $(EXTENSION)--*.sql))
 
 # Every test file is picked up by wildcard: no test can be orphaned.
+# `make test-one T=NAME` runs one of them (sql/NAME.sql or specs/NAME.spec)
+# on a throwaway server (scripts/in-server).
 REGRESS      = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
 REGRESS_OPTS = --inputdir=. --outputdir=.
 ISOLATION    = $(patsubst specs/%.spec,%,$(sort $(wildcard specs/*.spec)))
@@ -68,3 +75,15 @@ core-check:
 	  || { echo "src/core must be plain C++: $$f does not compile without PostgreSQL's headers"; exit 1; }; \
 	done
 all: core-check
+
+.PHONY: test-one
+test-one:
+	@test -n "$(T)" || { echo "usage: make test-one T=NAME (sql/NAME.sql or specs/NAME.spec)"; exit 2; }
+	scripts/in-server $(MAKE) -s installcheck \
+	  REGRESS="$(filter $(T),$(REGRESS))" ISOLATION="$(filter $(T),$(ISOLATION))"
+
+# For editors and clang-tidy: the compiler's view of every source file
+# (Debian's bear records it).
+compile_commands.json: $(SRCS) Makefile
+	$(MAKE) -s clean
+	bear --output $@ -- $(MAKE) -s

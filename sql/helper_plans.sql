@@ -1,4 +1,4 @@
--- The helpers' per-backend plans (src/pg/row_target.cpp): prepared once and
+-- The helpers' per-backend plans (src/helper.cpp): prepared once and
 -- reused, prepared again when the table changes, never freed while one may
 -- still be running, and freed with a dropped table.
 SET client_min_messages = warning;

@@ -10,7 +10,7 @@
 // in the drop.
 #include "pg/guard.hpp"
 #include "pg/args.hpp"
-#include "pg/row_target.hpp"
+#include "helper.hpp"
 #include "pg/spi.hpp"
 #include "stats.hpp"
 
@@ -24,7 +24,6 @@ extern "C" {
 namespace idem {
 namespace {
 
-constexpr int decrement_plans = 1;  // PlanKey::kind
 
 bool is_amount_type(Oid type)
 {
@@ -33,7 +32,7 @@ bool is_amount_type(Oid type)
 
 // n in the amount column's type: whole for integer columns, within range,
 // and no finer than the column's scale for numeric(p, s).
-Datum amount_of(Numeric n, const pg::Column& amount)
+Datum amount_of(Numeric n, const helper::Column& amount)
 {
     Datum value = NumericGetDatum(n);
     if (amount.type == NUMERICOID) {
@@ -88,7 +87,7 @@ Datum as_numeric(Datum amount, Oid type)
 // The amount the UPDATE left, as numeric in the caller's memory. A BEFORE
 // trigger may have set it to NULL: the UPDATE happened, so NULL ("short")
 // would be a lie and any number a guess; 22004 undoes the write instead.
-Datum new_amount(const pg::RowTarget& target, const pg::Column& amount)
+Datum new_amount(const helper::RowTarget& target, const helper::Column& amount)
 {
     bool isnull;
     Datum left = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -102,25 +101,25 @@ Datum new_amount(const pg::RowTarget& target, const pg::Column& amount)
     return SPI_datumTransfer(as_numeric(left, amount.type), false, -1);
 }
 
-SPIPlanPtr change_plan(const pg::RowTarget& target, const pg::Column& amount, pg::CachedPlans* plans)
+SPIPlanPtr change_plan(const helper::RowTarget& target, const helper::Column& amount, helper::CachedPlans* plans)
 {
     if (plans->change == nullptr) {
         Oid types[2] = {target.key_arg_type, amount.type};
         plans->change =
-            pg::prepare_kept(psprintf("UPDATE %s SET %s = %s - $2 WHERE %s AND %s >= $2 RETURNING %s",
-                                      target.target_sql, amount.sql, amount.sql, pg::key_condition(target),
+            helper::prepare_kept(psprintf("UPDATE %s SET %s = %s - $2 WHERE %s AND %s >= $2 RETURNING %s",
+                                      target.target_sql, amount.sql, amount.sql, helper::key_condition(target),
                                       amount.sql, amount.sql),
                              2, types);
     }
     return plans->change;
 }
 
-SPIPlanPtr look_plan(const pg::RowTarget& target, const pg::Column& amount, pg::CachedPlans* plans)
+SPIPlanPtr look_plan(const helper::RowTarget& target, const helper::Column& amount, helper::CachedPlans* plans)
 {
     if (plans->look == nullptr) {
         Oid types[2] = {target.key_arg_type, amount.type};
-        plans->look = pg::prepare_kept(psprintf("SELECT %s >= $2 FROM %s WHERE %s", amount.sql, target.target_sql,
-                                                pg::key_condition(target)),
+        plans->look = helper::prepare_kept(psprintf("SELECT %s >= $2 FROM %s WHERE %s", amount.sql, target.target_sql,
+                                                helper::key_condition(target)),
                                        2, types);
     }
     return plans->look;
@@ -134,8 +133,8 @@ using namespace idem;
 // idem_decrement(rel regclass, key_column name, key anyelement, amount_column name, n numeric) RETURNS numeric
 IDEM_SQL_FUNCTION(idem_decrement)
 {
-    pg::RowTarget target = pg::row_target(fcinfo, 0, 1, 2);
-    pg::Column amount = pg::target_column(target, fcinfo, 3, "amount_column");
+    helper::RowTarget target = helper::row_target(fcinfo, 0, 1, 2);
+    helper::Column amount = helper::target_column(target, fcinfo, 3, "amount_column");
     if (!is_amount_type(amount.type))
         ereport(ERROR, (errcode(ERRCODE_DATATYPE_MISMATCH),
                         errmsg("amount_column \"%s\" is of type %s", amount.name, format_type_be(amount.declared_type)),
@@ -150,12 +149,12 @@ IDEM_SQL_FUNCTION(idem_decrement)
     Datum by = amount_of(n, amount);
 
     pg::connect();
-    pg::CachedPlans* plans =
-        pg::cached_plans(pg::PlanKey{target.relid, target.key_column.att, amount.att, target.key_arg_type, decrement_plans});
-    pg::check_target(target, plans);
+    helper::CachedPlans* plans =
+        helper::cached_plans(helper::PlanKey{target.relid, target.key_column.att, amount.att, target.key_arg_type, helper::Kind::decrement});
+    helper::check_target(target, plans);
     Datum values[2] = {target.key, by};
     for (int attempt = 1;; attempt++) {
-        if (pg::run_change(target, change_plan(target, amount, plans), values) == 1) {
+        if (helper::run_change(target, change_plan(target, amount, plans), values) == 1) {
             Datum result = new_amount(target, amount);
             SPI_finish();
             stats::count(stats::decrement_done);
@@ -170,7 +169,7 @@ IDEM_SQL_FUNCTION(idem_decrement)
         // enough by the look-up's newer snapshot gets one more UPDATE:
         // another transaction replaced the row the UPDATE waited for
         // (deleted and inserted it again, or gave it this key).
-        pg::run_look(target, look_plan(target, amount, plans), values);
+        helper::run_look(target, look_plan(target, amount, plans), values);
         bool isnull;
         bool holds_enough = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
         if (isnull || !holds_enough || attempt == 2)

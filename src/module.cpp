@@ -1,7 +1,7 @@
 // pg_idem's module entry: _PG_init only registers things.
 #include "own_claims.hpp"
 #include "pg/guard.hpp"
-#include "pg/row_target.hpp"
+#include "helper.hpp"
 #include "pg/spi.hpp"
 #include "purge.hpp"
 #include "stats.hpp"
@@ -18,7 +18,7 @@ void _PG_init(void)
     idem::pg::guarded([]() -> Datum {
         idem::pg::spi_init();
         idem::own_claims::init();
-        idem::pg::row_target_init();
+        idem::helper::init();
         idem::purge::define_gucs();
         // Shared memory and background workers exist only when the library
         // is loaded at server start; claims need neither.

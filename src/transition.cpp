@@ -8,7 +8,7 @@
 // from` against what the first committed, so exactly one of them moves it.
 #include "pg/guard.hpp"
 #include "pg/args.hpp"
-#include "pg/row_target.hpp"
+#include "helper.hpp"
 #include "pg/spi.hpp"
 
 extern "C" {
@@ -22,12 +22,8 @@ extern "C" {
 namespace idem {
 namespace {
 
-constexpr int transition_plans = 2;  // PlanKey::kind
 
-// Whether from_state and to_state name the same state in the column's type
-// and collation (boolean 'true' and 't', citext 'Paid' and 'paid'), as the
-// UPDATE's `=` will compare them. A type without an equality operator
-// compares the labels byte for byte; its UPDATE will fail anyway (42883).
+// The context line of an error raised while a state argument is read.
 void naming_the_argument(void* arg)
 {
     errcontext("reading %s as a state of idem_transition()", static_cast<const char*>(arg));
@@ -47,7 +43,11 @@ Datum state_value(Datum text_value, const char* arg_name, Oid input, Oid ioparam
     return value;
 }
 
-bool same_state(Datum from, Datum to, const pg::Column& state)
+// Whether from_state and to_state name the same state in the column's type
+// and collation (boolean 'true' and 't', citext 'Paid' and 'paid'), as the
+// UPDATE's `=` will compare them. A type without an equality operator
+// compares the labels byte for byte; its UPDATE will fail anyway (42883).
+bool same_state(Datum from, Datum to, const helper::Column& state)
 {
     TypeCacheEntry* type = lookup_type_cache(state.type, TYPECACHE_EQ_OPR_FINFO);
     if (!OidIsValid(type->eq_opr_finfo.fn_oid))
@@ -67,21 +67,21 @@ bool same_state(Datum from, Datum to, const pg::Column& state)
 // it is to_state and from_state, compared as the UPDATE compares.
 enum class Statement { change, look };
 
-SPIPlanPtr plan(Statement which, const pg::RowTarget& target, const pg::Column& state, pg::CachedPlans* plans)
+SPIPlanPtr plan(Statement which, const helper::RowTarget& target, const helper::Column& state, helper::CachedPlans* plans)
 {
     SPIPlanPtr* slot = which == Statement::change ? &plans->change : &plans->look;
     if (*slot == nullptr) {
-        const char* type = pg::type_sql(state.type);
+        const char* type = helper::type_sql(state.type);
         const char* sql =
             which == Statement::change
                 ? psprintf("UPDATE %s SET %s = CAST($3 AS %s) WHERE %s AND %s = CAST($2 AS %s) RETURNING true",
-                           target.target_sql, state.sql, type, pg::key_condition(target), state.sql, type)
+                           target.target_sql, state.sql, type, helper::key_condition(target), state.sql, type)
                 : psprintf("SELECT CAST(%s AS pg_catalog.text), %s = CAST($3 AS %s), %s = CAST($2 AS %s) "
                            "FROM %s WHERE %s",
                            state.sql, state.sql, type, state.sql, type, target.target_sql,
-                           pg::key_condition(target));
+                           helper::key_condition(target));
         Oid types[3] = {target.key_arg_type, TEXTOID, TEXTOID};
-        *slot = pg::prepare_kept(sql, 3, types);
+        *slot = helper::prepare_kept(sql, 3, types);
     }
     return *slot;
 }
@@ -101,8 +101,8 @@ using namespace idem;
 //                 from_state text, to_state text) RETURNS boolean
 IDEM_SQL_FUNCTION(idem_transition)
 {
-    pg::RowTarget target = pg::row_target(fcinfo, 0, 1, 2);
-    pg::Column state = pg::target_column(target, fcinfo, 3, "state_column");
+    helper::RowTarget target = helper::row_target(fcinfo, 0, 1, 2);
+    helper::Column state = helper::target_column(target, fcinfo, 3, "state_column");
     Datum from = state_arg(fcinfo, 4, "from_state");
     Datum to = state_arg(fcinfo, 5, "to_state");
     if (same_state(from, to, state))
@@ -113,14 +113,14 @@ IDEM_SQL_FUNCTION(idem_transition)
                         errhint("A transition moves a row from one state to another.")));
 
     pg::connect();
-    pg::CachedPlans* plans =
-        pg::cached_plans(pg::PlanKey{target.relid, target.key_column.att, state.att, target.key_arg_type, transition_plans});
-    pg::check_target(target, plans);
+    helper::CachedPlans* plans =
+        helper::cached_plans(helper::PlanKey{target.relid, target.key_column.att, state.att, target.key_arg_type, helper::Kind::transition});
+    helper::check_target(target, plans);
     Datum values[3] = {target.key, from, to};
     bool isnull, at_to, at_from;
     const char* current_state;
     for (int attempt = 1;; attempt++) {
-        if (pg::run_change(target, plan(Statement::change, target, state, plans), values) == 1) {
+        if (helper::run_change(target, plan(Statement::change, target, state, plans), values) == 1) {
             SPI_finish();
             PG_RETURN_BOOL(true);
         }
@@ -129,7 +129,7 @@ IDEM_SQL_FUNCTION(idem_transition)
         // stands; the look-up tells why. Only a row in from_state by the
         // look-up's newer snapshot gets one more UPDATE: another
         // transaction replaced the row the UPDATE waited for.
-        pg::run_look(target, plan(Statement::look, target, state, plans), values);
+        helper::run_look(target, plan(Statement::look, target, state, plans), values);
         Datum current = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
         current_state = isnull ? "NULL" : quote_literal_cstr(TextDatumGetCString(current));
         bool unknown;  // a NULL state is neither
@@ -149,14 +149,14 @@ IDEM_SQL_FUNCTION(idem_transition)
     if (!isnull && at_from)
         ereport(ERROR, (errcode(IDEM_ERRCODE_WRONG_STATE),
                         errmsg("row of \"%s\" with %s = %s is in state %s, but the UPDATE to %s changed nothing",
-                               target.rel_name, target.key_column.name, pg::key_for_message(target),
+                               target.rel_name, target.key_column.name, helper::key_for_message(target),
                                current_state, quote_literal_cstr(TextDatumGetCString(to))),
                         errhint("A BEFORE UPDATE trigger or a row-level security policy for UPDATE kept the "
                                 "row as it was, or another transaction moved it back to %s meanwhile.",
                                 from_state)));
     ereport(ERROR, (errcode(IDEM_ERRCODE_WRONG_STATE),
                     errmsg("row of \"%s\" with %s = %s is in state %s, not %s", target.rel_name,
-                           target.key_column.name, pg::key_for_message(target), current_state, from_state),
+                           target.key_column.name, helper::key_for_message(target), current_state, from_state),
                     errhint("A transition to \"%s\" starts from \"%s\".", TextDatumGetCString(to),
                             TextDatumGetCString(from))));
     pg_unreachable();

@@ -2,7 +2,7 @@
 //
 // pg_idem indexes claims by a hash of (scope, key) so that keys of any size fit
 // in a btree. A cryptographic hash keeps collisions out of reach even for an
-// adversary who chooses keys: see key_hash.hpp.
+// adversary who chooses keys: see key_hash() in key.hpp.
 #pragma once
 
 #include <cstddef>

@@ -1,6 +1,8 @@
-// The row a helper addresses as (rel, key_column, key), validated against the
-// catalog: idem_decrement and idem_transition share it (SPEC "Conditional
-// decrement", "State transitions").
+// The helpers (SPEC "Conditional decrement", "State transitions"):
+// idem_decrement (decrement.cpp) and idem_transition (transition.cpp) each
+// run one UPDATE of the row they address as (rel, key_column, key). This is
+// what they share: that row target, validated against the catalog, and the
+// per-backend cache of their prepared statements.
 //
 // The helpers run with the caller's rights and search path, exactly like the
 // UPDATE they stand for, so privileges, row-level security and triggers apply
@@ -15,7 +17,7 @@ extern "C" {
 #include "executor/spi.h"
 }
 
-namespace idem::pg {
+namespace idem::helper {
 
 // A column of the target's relation: its number, base type and typmod.
 struct Column {
@@ -74,12 +76,13 @@ const char* key_for_message(const RowTarget& target);
 // when first needed: an error (a cancel) while preparing leaves it NULL,
 // never half an entry, and the look-up is prepared only by a call that
 // needs it.
+enum class Kind : int { decrement = 1, transition = 2 };
 struct PlanKey {
     Oid relid;
     AttrNumber key_att;
     AttrNumber other_att;
     Oid key_arg_type;
-    int kind;  // which helper
+    Kind kind;
 };
 struct CachedPlans {
     PlanKey key;
@@ -89,7 +92,8 @@ struct CachedPlans {
     bool stale;         // the relation changed since
 };
 
-void row_target_init();
+// Registers the cache's invalidation callbacks; from _PG_init.
+void init();
 // The cached plans for `key`, or an entry with both plans NULL to fill. A
 // caller copies the plans it runs: a nested call may replace them meanwhile.
 CachedPlans* cached_plans(const PlanKey& key);
@@ -110,4 +114,4 @@ void run_look(const RowTarget& target, SPIPlanPtr look, Datum* values);
 // SPI_prepare + SPI_keepplan, with the caller's search path (DEBUG1 says so).
 SPIPlanPtr prepare_kept(const char* sql, int nargs, Oid* argtypes);
 
-}  // namespace idem::pg
+}  // namespace idem::helper

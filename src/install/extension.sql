@@ -1,4 +1,4 @@
--- pg_idem install script, assembled by the Makefile from src/sql/*.sql.
+-- pg_idem install script, assembled by the Makefile from src/install/*.sql.
 \echo Use "CREATE EXTENSION pg_idem" to load this file. \quit
 
 -- Security model (README "Security"): the idem_* tables belong to the

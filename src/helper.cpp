@@ -1,4 +1,4 @@
-#include "pg/row_target.hpp"
+#include "helper.hpp"
 
 #include "pg/args.hpp"
 
@@ -27,7 +27,7 @@ extern "C" {
 
 #include <cstring>
 
-namespace idem::pg {
+namespace idem::helper {
 namespace {
 
 HTAB* plans = nullptr;  // PlanKey -> CachedPlans, in CacheMemoryContext
@@ -267,13 +267,13 @@ char lock_target(Oid relid)
 
 Name name_arg(FunctionCallInfo fcinfo, int argno, const char* arg_name)
 {
-    require_arg(fcinfo, argno, arg_name);
+    pg::require_arg(fcinfo, argno, arg_name);
     return PG_GETARG_NAME(argno);
 }
 
 }  // namespace
 
-void row_target_init()
+void init()
 {
     CacheRegisterRelcacheCallback(relation_changed, 0);
     CacheRegisterSyscacheCallback(NAMESPACEOID, schema_changed, 0);
@@ -283,7 +283,7 @@ void row_target_init()
 RowTarget row_target(FunctionCallInfo fcinfo, int rel_argno, int key_column_argno, int key_argno)
 {
     RowTarget t;
-    require_arg(fcinfo, rel_argno, "rel");
+    pg::require_arg(fcinfo, rel_argno, "rel");
     t.relid = PG_GETARG_OID(rel_argno);
     char kind = lock_target(t.relid);
     t.rel_name = get_rel_name(t.relid);
@@ -297,7 +297,7 @@ RowTarget row_target(FunctionCallInfo fcinfo, int rel_argno, int key_column_argn
     t.key_column = column_of(t.relid, t.rel_name, name_arg(fcinfo, key_column_argno, "key_column"));
     const Column& key_column = t.key_column;
 
-    require_arg(fcinfo, key_argno, "key");
+    pg::require_arg(fcinfo, key_argno, "key");
     t.key = PG_GETARG_DATUM(key_argno);
     t.key_arg_type = get_fn_expr_argtype(fcinfo->flinfo, key_argno);
     Oid key_type = getBaseType(t.key_arg_type);
@@ -422,4 +422,4 @@ SPIPlanPtr prepare_kept(const char* sql, int nargs, Oid* argtypes)
     return plan;
 }
 
-}  // namespace idem::pg
+}  // namespace idem::helper
