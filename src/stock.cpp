@@ -29,7 +29,54 @@
 // loaded again when it is next used (load_entry says why that is exact). A
 // transaction holding units cannot be prepared for two-phase commit (0A000):
 // its reservation lives in this backend, which a prepared transaction
-// outlives.
+// outlives. What a transaction holds is kept in its book (see "This
+// transaction's changes"), one record per entry and subtransaction, so that
+// a take costs the same however many came before it.
+//
+// By row. Shared memory is shared by every role and database, and an entry
+// with units in flight cannot be evicted, so no take or add may depend on
+// getting one (SPEC: one role holding units of many items must not make
+// another's take fail). A take or an add of an item that has no entry goes
+// "by row" when no entry can be had: when every entry has units in flight,
+// or when its transaction already holds units in its share of the entries
+// (share(); past it, a transaction loads only into room that is free while
+// more than half stays free, so one transaction cannot take every slot).
+// By row, it locks the item's row in idem_stock_items (FOR UPDATE, until its
+// transaction ends), reads the level from the tables with the latest
+// snapshot, decides, and appends its ledger row, all in the caller's
+// transaction: its units are an uncommitted ledger row, and PostgreSQL gives
+// them back when the transaction or the savepoint rolls back.
+//
+// The two ways must never both decide for one item: a take through an entry
+// does not see the units that takes by row hold, nor the reverse.
+//  * A take or add goes by row only while the item has no entry: it first
+//    marks the item's hash in its backend's `marks` (a bitmap in shared
+//    memory), under entries_lock and only if the item has no entry then
+//    (mark_for_row). The marks stay until the transaction ends; at commit
+//    that is after the commit is visible to new snapshots (XACT_EVENT_COMMIT
+//    runs after ProcArrayEndTransaction), and the eviction stamps of the
+//    marked hashes are bumped then.
+//  * No entry is loaded while a take by row may be in flight: an entry is
+//    inserted (entries_lock held exclusively) only if no backend marks its
+//    hash and the eviction stamp read before its level was read is
+//    unchanged, so a take by row that ended meanwhile, whose ledger row the
+//    level read may have missed, makes the load start again (insert_entry).
+// So while an item is marked, all its takes and adds go by row, one after
+// the other on its row lock, and each reads the level after the one before
+// it has ended (a row lock wait ends after the holder's commit is visible).
+// That level is exact: no change through an entry is in flight (the item has
+// had none since the mark, and every change through an earlier entry settled
+// and became visible before the entry was evicted, as for a load), no other
+// change by row is in flight (each holds the row lock), and this
+// transaction's own earlier changes by row are its own ledger rows, which the
+// latest snapshot shows. A transaction's own marks keep it on the rows too,
+// so its uncommitted ledger rows are never loaded as if committed. A
+// transaction that changed stock by row cannot be prepared either (0A000):
+// its marks live in this backend. A mark only sends items of the same hash by
+// row for a while: slower, never wrong. The fold needs no part in this: it
+// moves committed ledger rows into their item's row in one statement, which
+// leaves row plus ledger the same under every snapshot, and it skips rows
+// that takes by row have locked instead of waiting for them (fold_ledger).
 #include "stock.hpp"
 
 #include "core/key.hpp"
@@ -61,6 +108,7 @@ extern "C" {
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
+#include "port/pg_bitutils.h"
 }
 
 #include <cstring>
@@ -119,10 +167,19 @@ struct alignas(PG_CACHE_LINE_SIZE) Holder {
     const Entry* entries[listed_entries];
 };
 
-LWLock* entries_lock = nullptr;  // guards the membership of `entries` and the eviction stamps
+// Each backend's marks: bit (hash % mark_bits) set while its transaction
+// may take or add an item of that hash by row. Written by its own backend
+// under entries_lock (shared, or exclusive to clear them), read by loaders
+// under entries_lock held exclusively.
+constexpr int mark_bits = 4096;
+constexpr int mark_words = mark_bits / 64;
+static_assert(mark_bits % eviction_stamps == 0, "a mark's bit tells its eviction stamp");
+
+LWLock* entries_lock = nullptr;  // guards the membership of `entries`, the eviction stamps and the marks
 HTAB* entries = nullptr;
 Shared* shared = nullptr;
 Holder* holders = nullptr;  // one per backend, by MyBackendId
+uint64* marks = nullptr;    // mark_words per backend, by MyBackendId
 int max_items = 10000;  // pg_idem.max_stock_items
 
 shmem_request_hook_type prev_shmem_request_hook = nullptr;
@@ -133,7 +190,8 @@ void request_shmem()
     if (prev_shmem_request_hook)
         prev_shmem_request_hook();
     Size size = add_size(hash_estimate_size(max_items, sizeof(Entry)), sizeof(Shared));
-    RequestAddinShmemSpace(add_size(size, mul_size(MaxBackends, sizeof(Holder))));
+    size = add_size(size, mul_size(MaxBackends, sizeof(Holder)));
+    RequestAddinShmemSpace(add_size(size, mul_size(MaxBackends, mark_words * sizeof(uint64))));
     RequestNamedLWLockTranche("pg_idem stock", 1);
 }
 
@@ -159,6 +217,10 @@ void startup_shmem()
     holders = static_cast<Holder*>(ShmemInitStruct("pg_idem stock holders", holders_size, &found));
     if (!found)
         std::memset(holders, 0, holders_size);
+    Size marks_size = mul_size(MaxBackends, mark_words * sizeof(uint64));
+    marks = static_cast<uint64*>(ShmemInitStruct("pg_idem stock marks", marks_size, &found));
+    if (!found)
+        std::memset(marks, 0, marks_size);
     LWLockRelease(AddinShmemInitLock);
 }
 
@@ -168,6 +230,12 @@ pg::Statement load_item = {
     "SELECT (i.level + coalesce((SELECT sum(l.delta) FROM @extschema@.idem_stock_ledger l "
     "                            WHERE l.item = i.item), 0))::bigint "
     "FROM @extschema@.idem_stock_items i WHERE i.item = $1",
+    1, {TEXTOID}};
+
+// Locks the item's row for a take or an add by row, until the transaction
+// ends; waits for the transaction holding it.
+pg::Statement lock_item = {
+    "SELECT FROM @extschema@.idem_stock_items WHERE item = $1 FOR UPDATE",
     1, {TEXTOID}};
 
 pg::Statement find_item = {
@@ -191,15 +259,20 @@ pg::Statement all_items = {
 
 // Moves committed ledger rows into their items' levels, in one statement so
 // that an item's row plus its ledger never changes. It moves every committed
-// row of the items named in the first $1 ledger rows: the item's row plus all
-// of them is the item's committed level, which stays within bigint where a
+// row of up to $1 items that have ledger rows: the item's row plus all of
+// them is the item's committed level, which stays within bigint where a
 // partial sum might not. A ledger row whose item has no row is left alone:
-// no row is ever deleted without its delta being applied.
+// no row is ever deleted without its delta being applied. Items whose rows
+// are locked (takes and adds by row in flight, which hold them until their
+// transactions end) are skipped, not waited for, so that an open
+// transaction cannot stall the fold; they are folded in a later round.
 pg::Statement fold_ledger = {
-    "WITH chosen AS (SELECT DISTINCT item FROM (SELECT item FROM @extschema@.idem_stock_ledger LIMIT $1) b), "
+    "WITH chosen AS MATERIALIZED ( "
+    "       SELECT i.item FROM @extschema@.idem_stock_items i "
+    "       WHERE i.item IN (SELECT item FROM @extschema@.idem_stock_ledger) "
+    "       LIMIT $1 FOR NO KEY UPDATE OF i SKIP LOCKED), "
     "     moved AS (DELETE FROM @extschema@.idem_stock_ledger l USING chosen c "
     "               WHERE l.item = c.item "
-    "                 AND EXISTS (SELECT FROM @extschema@.idem_stock_items i WHERE i.item = c.item) "
     "               RETURNING l.item, l.delta), "
     "     sums AS (SELECT item, sum(delta) AS delta FROM moved GROUP BY item), "
     "     applied AS (UPDATE @extschema@.idem_stock_items i SET level = i.level + s.delta "
@@ -295,20 +368,40 @@ StockChange stock_change(FunctionCallInfo fcinfo, const char* function_name)
 
 // ---- The tables -----------------------------------------------------------
 
-// The committed level from the tables; false if the item does not exist.
-// Read with the latest snapshot, never the caller's: what is loaded here
-// becomes the item's shared level for every transaction, and a caller's
-// REPEATABLE READ snapshot can be older than sales already committed (taken
-// on a standby before its promotion, say). The latest snapshot also sees this
-// transaction's own item row, so an add of a new item finds it.
-bool level_from_tables(const StockItem& s, int64* level)
+// The item's level in the tables (its row plus its ledger rows); false if
+// it has no row. Read with the latest snapshot (`committed_only`: without
+// this transaction's own rows), never the caller's.
+bool read_level(const StockItem& s, bool committed_only, int64* level)
 {
     Datum values[1] = {s.name};
-    if (pg::run_latest(load_item, s.nsp, values, nullptr) == 0)
+    uint64 rows = committed_only ? pg::run_committed(load_item, s.nsp, values, nullptr)
+                                 : pg::run_latest(load_item, s.nsp, values, nullptr);
+    if (rows == 0)
         return false;
     bool isnull;
     *level = DatumGetInt64(pg::result_value(0, 1, &isnull));
     return true;
+}
+
+// The level to load or to decide on by row. Never under the caller's
+// snapshot: what is loaded here becomes the item's shared level for every
+// transaction, and a caller's REPEATABLE READ snapshot can be older than
+// sales already committed (taken on a standby before its promotion, say).
+// The latest snapshot also sees this transaction's own rows: its item row,
+// so an add of a new item finds it, and its ledger rows, which only takes
+// and adds by row hold for an item without an entry (their marks keep it
+// from being loaded).
+bool level_from_tables(const StockItem& s, int64* level)
+{
+    return read_level(s, false, level);
+}
+
+// The committed level in the tables, without this transaction's own takes
+// and adds by row (idem_stock_level counts commits only); false if the item
+// has no committed row.
+bool committed_level(const StockItem& s, int64* level)
+{
+    return read_level(s, true, level);
 }
 
 // Whether the item has a row in idem_stock_items (committed, or this
@@ -339,6 +432,15 @@ void append_to_ledger(const StockItem& s, int64 delta)
 {
     Datum values[2] = {s.name, Int64GetDatum(delta)};
     pg::run(append_ledger, s.nsp, values, nullptr);
+}
+
+[[noreturn]] void raise_beyond_bigint(const StockItem& s, int64 n)
+{
+    ereport(ERROR, (errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+                    errmsg("n = " INT64_FORMAT " would take item %s beyond the bigint range", n,
+                           pg::key_for_message(Key{s.item.text})),
+                    errdetail("Units being added by transactions still in flight count too.")));
+    pg_unreachable();
 }
 
 // ---- Entries --------------------------------------------------------------
@@ -395,12 +497,39 @@ bool make_room_for_entry()
     return hash_get_num_entries(entries) < max_items || evict_pass() > 0 || evict_pass() > 0;
 }
 
-enum class Load { done, stale, full };
+// How many entries one transaction may hold units in and still load more,
+// evicting other items' entries to make room: an eighth of them, at least
+// one. Past its share a transaction loads only into room that is free while
+// more than half stays free, and otherwise goes by row.
+int share()
+{
+    return Max(1, max_items / 8);
+}
+
+// Whether any backend marks the hash for takes by row (entries_lock held
+// exclusively, so no mark is being set meanwhile).
+bool marked(uint32 hash)
+{
+    int bit = static_cast<int>(hash % mark_bits);
+    uint64 mask = UINT64CONST(1) << (bit % 64);
+    for (int b = 0; b < MaxBackends; b++)
+        if (marks[b * mark_words + bit / 64] & mask)
+            return true;
+    return false;
+}
+
+// How a take or an add of an item goes: through its entry, by its row, or
+// nowhere (the item does not exist).
+enum class Route { entry, by_row, no_item };
+
+enum class Load { done, stale, by_row };
 
 // Inserts the item's entry with `level` read from the tables, unless an
-// entry of the same hash was evicted since `stamp` was read. If another
-// backend loaded the item meanwhile, its entry stands.
-Load insert_entry(const StockItem& s, int64 level, uint32 stamp)
+// entry of the same hash was evicted or taken by row since `stamp` was read
+// (stale), or a take or an add of an item of the same hash may be going by
+// row, or no room can be had (by_row). If another backend loaded the item
+// meanwhile, its entry stands.
+Load insert_entry(const StockItem& s, int64 level, uint32 stamp, bool past_share)
 {
     LWLockAcquire(entries_lock, LW_EXCLUSIVE);
     Load load = Load::done;
@@ -408,8 +537,10 @@ Load insert_entry(const StockItem& s, int64 level, uint32 stamp)
         load = Load::done;
     else if (eviction_stamp(s.hash) != stamp)
         load = Load::stale;
-    else if (!make_room_for_entry())
-        load = Load::full;
+    else if (marked(s.hash))
+        load = Load::by_row;
+    else if (past_share ? hash_get_num_entries(entries) >= max_items / 2 : !make_room_for_entry())
+        load = Load::by_row;
     else {
         bool found;
         auto* entry = static_cast<Entry*>(hash_search_with_hash_value(entries, &s.key, s.hash, HASH_ENTER, &found));
@@ -425,21 +556,25 @@ Load insert_entry(const StockItem& s, int64 level, uint32 stamp)
     return load;
 }
 
-// Loads the item's level from the tables into a new entry; false if the
-// item does not exist. Runs inside SPI.
+// Loads the item's level from the tables into a new entry: Route::entry
+// once it is there, no_item if the item does not exist, by_row if it may
+// not have an entry now. Runs inside SPI.
 //
 // Why the level read is still exact when the entry appears: while an item has
 // no entry nothing can change its committed level, except transactions that
-// changed it through an entry since evicted. An entry is evicted only once
-// every change made through it has settled, and a commit settles only after
-// PostgreSQL has ended the transaction in the proc array (CommitTransaction
-// calls ProcArrayEndTransaction before the XACT_EVENT_COMMIT callbacks), so a
-// snapshot taken after the eviction sees all of them. One taken before might
-// not: the eviction stamp read before the snapshot tells, and then the load
-// starts again. (The latest snapshot also sees this transaction's own
-// uncommitted rows, but it has none for an item without an entry: its own
-// changes would keep the entry from being evicted.)
-bool load_entry(const StockItem& s)
+// changed it through an entry since evicted, and takes and adds by row. An
+// entry is evicted only once every change made through it has settled, and a
+// commit settles only after PostgreSQL has ended the transaction in the proc
+// array (CommitTransaction calls ProcArrayEndTransaction before the
+// XACT_EVENT_COMMIT callbacks), so a snapshot taken after the eviction sees
+// all of them. One taken before might not: the eviction stamp read before the
+// snapshot tells, and then the load starts again. A take by row in flight
+// marks the item, and one that ended since the stamp was read bumped it
+// (see the design comment). (The latest snapshot also sees this
+// transaction's own uncommitted rows, but it has none for an item it may
+// load: changes through an entry would keep it from being evicted, and
+// changes by row mark it.)
+Route load_entry(const StockItem& s, bool past_share)
 {
     for (;;) {
         LWLockAcquire(entries_lock, LW_SHARED);
@@ -447,31 +582,33 @@ bool load_entry(const StockItem& s)
         LWLockRelease(entries_lock);
         int64 level;
         if (!level_from_tables(s, &level))
-            return false;
-        switch (insert_entry(s, level, stamp)) {
+            return Route::no_item;
+        switch (insert_entry(s, level, stamp, past_share)) {
         case Load::done:
-            return true;
+            return Route::entry;
         case Load::stale:
             continue;
-        case Load::full:
-            ereport(ERROR, (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-                            errmsg("pg_idem hot stock has units in flight for %d items, its maximum, "
-                                   "and no room for item %s",
-                                   max_items, pg::key_for_message(Key{s.item.text})),
-                            errhint("Raise pg_idem.max_stock_items and restart the server.")));
+        case Load::by_row:
+            return Route::by_row;
         }
     }
 }
 
-// The item's entry with entries_lock held in shared mode (see find_locked),
-// loaded from the tables first if shared memory has none; nullptr (and the
-// lock not held) if the item does not exist. Runs inside SPI.
-Entry* entry_locked(const StockItem& s)
+int entries_held();
+
+// The way of a take or an add of the item: through its entry (returned, with
+// entries_lock held in shared mode: see find_locked), loaded from the tables
+// first if shared memory has none; or by row; or nowhere (the lock not held).
+// Runs inside SPI.
+Route route_locked(const StockItem& s, Entry** entry)
 {
     for (;;) {
-        Entry* entry = find_locked(s);
-        if (entry != nullptr || !load_entry(s))
-            return entry;
+        *entry = find_locked(s);
+        if (*entry != nullptr)
+            return Route::entry;
+        Route route = load_entry(s, entries_held() >= share());
+        if (route != Route::entry)
+            return route;
         // Loaded; it might be evicted again before we look, so look again.
     }
 }
@@ -544,65 +681,132 @@ void withdraw_holdings()
 }
 
 // ---- This transaction's changes -------------------------------------------
-
-// This transaction's takes and adds, settled when it ends. Each keeps its
-// entry from being evicted (its units are in in_flight or adding), so the
-// pointer stays valid. The array lives in TopMemoryContext for the whole
-// session, so that no path out of a transaction (commit, abort, PREPARE) can
-// leave it pointing at freed memory; the transaction callbacks only reset
-// n_changes.
-struct Change {
-    Entry* entry;
-    int64 delta;     // -n for a take, +n for an add
-    bool reserved;   // a take (counted in entry->in_flight), else an add (in entry->adding)
-    SubTransactionId subid;
+//
+// The book of this transaction's takes and adds through entries, settled when
+// it ends. Per entry one Held: the units the transaction holds in it (they
+// are in the entry's in_flight or adding, which keeps it from being evicted,
+// so the pointer stays valid), found through a hash table keyed by the
+// entry, so a take costs the same however many came before it. Per entry and
+// subtransaction one Change, merged: the units a rolled-back savepoint gives
+// back. The Changes form a stack in which those of the running
+// subtransaction are always on top (those of its children were merged into
+// it or given back when they ended), so a subtransaction's end touches only
+// its own Changes, and each Change links to its entry's Change in an
+// enclosing subtransaction (`older`).
+//
+// All of it lives in TopTransactionContext, so the memory goes back when the
+// transaction ends. The callbacks of commit, abort and PREPARE all run
+// before PostgreSQL frees that context (CallXactCallbacks precedes
+// AtCommit_Memory and AtCleanup_Memory); they settle everything and forget
+// the pointers, so no way out of a transaction leaves them dangling.
+struct Held {
+    Entry* entry;  // the key in `book`; nullptr in a RowHeld
+    int64 taken;   // units this transaction holds in entry->in_flight (by row: in its ledger rows)
+    int64 added;   // units it holds in entry->adding (by row: in its ledger rows)
+    int newest;    // index of its newest Change, -1 if none
 };
+
+// What the transaction holds of an item it took or added by row, in
+// `rows_book`: kept the same way (its Changes give savepoints back their
+// units), so that a take or add by row decides on what it holds exactly as
+// one through an entry would. Never dropped before the transaction ends.
+struct RowHeld {
+    EntryKey key;
+    Held held;
+};
+
+struct Change {
+    Held* held;
+    SubTransactionId subid;
+    int64 taken;
+    int64 added;
+    int older;  // index of the same Held's Change in an enclosing subtransaction, or -1
+};
+
+HTAB* book = nullptr;       // Held by entry
+HTAB* rows_book = nullptr;  // RowHeld by item
 Change* changes = nullptr;
 int n_changes = 0;
 int max_changes = 0;
 
-// Room for one more Change, made before anything is reserved in shared
-// memory so that recording the reservation cannot fail.
-void make_room_for_change()
+HTAB* new_book(const char* name, Size keysize, Size entrysize)
 {
+    HASHCTL info;
+    std::memset(&info, 0, sizeof info);
+    info.keysize = keysize;
+    info.entrysize = entrysize;
+    info.hcxt = TopTransactionContext;
+    return hash_create(name, 64, &info, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+}
+
+// The book, and room for one more Change, made before anything is reserved
+// in shared memory so that recording the reservation cannot fail.
+void prepare_book()
+{
+    if (book == nullptr)
+        book = new_book("pg_idem stock book", sizeof(Entry*), sizeof(Held));
     if (n_changes < max_changes)
         return;
-    int new_max = max_changes == 0 ? 8 : max_changes * 2;
+    int new_max = max_changes == 0 ? 16 : max_changes * 2;
     if (changes == nullptr)
-        changes = static_cast<Change*>(MemoryContextAlloc(TopMemoryContext, sizeof(Change) * new_max));
+        changes = static_cast<Change*>(MemoryContextAlloc(TopTransactionContext, sizeof(Change) * new_max));
     else
         changes = static_cast<Change*>(repalloc(changes, sizeof(Change) * new_max));
     max_changes = new_max;
 }
 
-// This transaction's own uncommitted effect on an entry: the units it took
-// (as a positive number) and its net delta.
-void own_changes(const Entry* entry, int64* taken, int64* delta)
+// How many entries this transaction holds units in.
+int entries_held()
 {
-    *taken = 0;
-    *delta = 0;
-    for (int i = 0; i < n_changes; i++) {
-        if (changes[i].entry != entry)
-            continue;
-        *delta += changes[i].delta;
-        if (changes[i].reserved)
-            *taken -= changes[i].delta;
-    }
+    return book == nullptr ? 0 : static_cast<int>(hash_get_num_entries(book));
 }
 
-// Settle a change at its (sub)transaction's end: committed, the level moves;
-// either way its units leave in_flight or adding, and takes waiting for
-// units of the item look again.
-void settle(const Change& change, bool committed)
+// The entry's Held, new if the transaction holds nothing in it yet (after
+// prepare_book; entries_lock held, so that the entry is the item's). If
+// nothing is then recorded, forget_if_empty drops it again.
+Held* held_for(Entry* entry)
 {
-    Entry* entry = change.entry;
+    bool found;
+    auto* held = static_cast<Held*>(hash_search(book, &entry, HASH_ENTER, &found));
+    if (!found)
+        *held = Held{entry, 0, 0, -1};
+    return held;
+}
+
+// Drops a Held with no Change left. Its entry may be evicted and reused for
+// another item from now on, so nothing may keep its pointer.
+void forget_if_empty(Held* held)
+{
+    if (held->entry != nullptr && held->newest < 0)
+        hash_search(book, &held->entry, HASH_REMOVE, nullptr);
+}
+
+// Records units just reserved (after prepare_book: it cannot fail), merged
+// into the Held's Change of the running subtransaction if it has one.
+void record(Held* held, int64 taken, int64 added)
+{
+    SubTransactionId subid = GetCurrentSubTransactionId();
+    held->taken += taken;
+    held->added += added;
+    if (held->newest >= 0 && changes[held->newest].subid == subid) {
+        changes[held->newest].taken += taken;
+        changes[held->newest].added += added;
+        return;
+    }
+    changes[n_changes] = Change{held, subid, taken, added, held->newest};
+    held->newest = n_changes++;
+}
+
+// Settles units of an entry at their (sub)transaction's end: committed, the
+// level moves; either way they leave in_flight and adding, and takes waiting
+// for units of the item look again.
+void settle(Entry* entry, int64 taken, int64 added, bool committed)
+{
     SpinLockAcquire(&entry->mutex);
     if (committed)
-        entry->level += change.delta;
-    if (change.reserved)
-        entry->in_flight += change.delta;
-    else
-        entry->adding -= change.delta;
+        entry->level = entry->level - taken + added;  // in_flight <= level, level + adding <= bigint
+    entry->in_flight -= taken;
+    entry->adding -= added;
     bool sleepers = entry->sleepers;
     entry->sleepers = false;
     // Read before the lock is let go: once settled, the entry may be
@@ -613,31 +817,198 @@ void settle(const Change& change, bool committed)
         ConditionVariableBroadcast(channel_of(channel));
 }
 
+// The first of the Changes of the subtransaction that is ending: they are
+// the top of the stack.
+int first_change_of(SubTransactionId subid)
+{
+    int first = n_changes;
+    while (first > 0 && changes[first - 1].subid == subid)
+        first--;
+    return first;
+}
+
+// A savepoint released: its Changes become its parent's, merged into the
+// parent's Change of the same entry where there is one.
+void subtransaction_committed(SubTransactionId subid, SubTransactionId parent)
+{
+    int first = first_change_of(subid);
+    int kept = first;
+    for (int i = first; i < n_changes; i++) {
+        Change change = changes[i];
+        Held* held = change.held;
+        if (change.older >= 0 && changes[change.older].subid == parent) {
+            changes[change.older].taken += change.taken;
+            changes[change.older].added += change.added;
+            held->newest = change.older;
+        } else {
+            change.subid = parent;
+            changes[kept] = change;
+            held->newest = kept++;
+        }
+    }
+    n_changes = kept;
+}
+
+// ---- By row ----------------------------------------------------------------
+
+bool marked_any = false;  // this transaction set a mark
+
+uint64* my_marks()
+{
+    return &marks[(MyBackendId - 1) * mark_words];
+}
+
+// Marks the item for a take or an add by row (see the design comment), unless
+// it has an entry now: then false, and the caller goes through the entry.
+bool mark_for_row(const StockItem& s)
+{
+    LWLockAcquire(entries_lock, LW_SHARED);
+    bool has_entry = hash_search_with_hash_value(entries, &s.key, s.hash, HASH_FIND, nullptr) != nullptr;
+    if (!has_entry) {
+        int bit = static_cast<int>(s.hash % mark_bits);
+        my_marks()[bit / 64] |= UINT64CONST(1) << (bit % 64);
+        marked_any = true;
+    }
+    LWLockRelease(entries_lock);
+    return !has_entry;
+}
+
+// At the end of the transaction (after its commit is visible): the marks go,
+// and the eviction stamps of the marked hashes move, so that a load that read
+// its level before the commit starts again.
+void clear_marks()
+{
+    if (!marked_any)
+        return;
+    LWLockAcquire(entries_lock, LW_EXCLUSIVE);
+    uint64* mine = my_marks();
+    for (int w = 0; w < mark_words; w++)
+        for (uint64 word = mine[w]; word != 0; word &= word - 1)
+            shared->evictions[(w * 64 + pg_rightmost_one_pos64(word)) % eviction_stamps]++;
+    std::memset(mine, 0, mark_words * sizeof(uint64));
+    LWLockRelease(entries_lock);
+    marked_any = false;
+}
+
+// What this transaction holds of the item by row (after prepare_book).
+Held* row_held_for(const StockItem& s)
+{
+    if (rows_book == nullptr)
+        rows_book = new_book("pg_idem stock rows book", sizeof(EntryKey), sizeof(RowHeld));
+    bool found;
+    auto* row = static_cast<RowHeld*>(hash_search_with_hash_value(rows_book, &s.key, s.hash, HASH_ENTER, &found));
+    if (!found)
+        row->held = Held{nullptr, 0, 0, -1};
+    return &row->held;
+}
+
+// Locks the item's row (waiting for the transaction that holds it) and reads
+// its committed level after that wait, so that every change by row committed
+// before counts; P0002 if the item has no row. This transaction's own
+// changes by row are in its RowHeld, not in this level.
+int64 lock_row_level(const StockItem& s)
+{
+    Datum values[1] = {s.name};
+    if (pg::run_latest(lock_item, s.nsp, values, nullptr) == 0)
+        raise_unknown_item(s);
+    int64 level;
+    if (!committed_level(s, &level))
+        level = 0;  // its row is this transaction's own: a new item
+    return level;
+}
+
+// A take by row (the item marked). As through an entry, the level less
+// every unit taken and not settled must cover n, and units this transaction
+// added are not for sale before it commits. Nothing but this transaction's
+// own changes can be in flight for the item, so false means the shortfall is
+// real. The ledger row is written first: if recording it fails, the
+// (sub)transaction fails with it.
+bool take_by_row(const StockItem& s, int64 n)
+{
+    int64 level = lock_row_level(s);
+    Held* held = row_held_for(s);
+    if (level - held->taken < n)
+        return false;
+    append_to_ledger(s, -n);
+    record(held, n, 0);
+    return true;
+}
+
+// An add by row (the item marked); returns the level this transaction sees,
+// as through an entry. As there, refused if the level could pass bigint
+// were every add in flight to commit (and every take to roll back).
+int64 add_by_row(const StockItem& s, int64 n)
+{
+    int64 level = lock_row_level(s);
+    Held* held = row_held_for(s);
+    int64 if_all_commit;
+    if (pg_add_s64_overflow(level, held->added, &if_all_commit) || pg_add_s64_overflow(if_all_commit, n, &if_all_commit))
+        raise_beyond_bigint(s, n);
+    append_to_ledger(s, n);
+    record(held, 0, n);
+    return level - held->taken + held->added;
+}
+
+// ---- Ends of (sub)transactions ---------------------------------------------
+
+// Publishes again the entries this transaction holds taken units of (after a
+// savepoint's rollback withdrew them), as many as its Holder lists.
+void publish_holdings()
+{
+    if (book == nullptr || !TransactionIdIsValid(GetTopTransactionIdIfAny()))
+        return;
+    HASH_SEQ_STATUS scan;
+    hash_seq_init(&scan, book);
+    while (auto* held = static_cast<Held*>(hash_seq_search(&scan))) {
+        if (held->taken == 0)
+            continue;
+        publish_holding(held->entry);
+        if (my_holder()->n_entries > listed_entries) {  // it may hold units of any item
+            hash_seq_term(&scan);
+            break;
+        }
+    }
+}
+
 void settle_all(bool committed)
 {
     withdraw_holdings();
-    for (int i = 0; i < n_changes; i++)
-        settle(changes[i], committed);
+    if (book != nullptr) {
+        HASH_SEQ_STATUS scan;
+        hash_seq_init(&scan, book);
+        while (auto* held = static_cast<Held*>(hash_seq_search(&scan)))
+            if (held->taken != 0 || held->added != 0)
+                settle(held->entry, held->taken, held->added, committed);
+    }
+    // TopTransactionContext, and the book with it, is freed after this.
+    book = nullptr;
+    rows_book = nullptr;
+    changes = nullptr;
     n_changes = 0;
+    max_changes = 0;
+    clear_marks();
 }
 
-// A savepoint rolled back: its changes settle, the others stay (and stay
-// published: they have the transaction's id).
-void settle_subtransaction(SubTransactionId subid)
+// A savepoint rolled back: exactly its Changes settle, and their Helds shrink
+// (the others stay, and stay published: they have the transaction's id). Its
+// changes by row PostgreSQL rolls back; their marks stay until the
+// transaction ends, which only keeps the items on their rows meanwhile.
+void subtransaction_aborted(SubTransactionId subid)
 {
     withdraw_holdings();
-    if (TransactionIdIsValid(GetTopTransactionIdIfAny()))
-        for (int i = 0; i < n_changes; i++)
-            if (changes[i].reserved && changes[i].subid != subid)
-                publish_holding(changes[i].entry);
-    int kept = 0;
-    for (int i = 0; i < n_changes; i++) {
-        if (changes[i].subid == subid)
-            settle(changes[i], false);
-        else
-            changes[kept++] = changes[i];
+    int first = first_change_of(subid);
+    for (int i = n_changes - 1; i >= first; i--) {
+        const Change& change = changes[i];
+        Held* held = change.held;
+        held->taken -= change.taken;
+        held->added -= change.added;
+        held->newest = change.older;
+        if (held->entry != nullptr)
+            settle(held->entry, change.taken, change.added, false);
+        forget_if_empty(held);
     }
-    n_changes = kept;
+    n_changes = first;
+    publish_holdings();
 }
 
 void on_xact(XactEvent event, void*)
@@ -661,61 +1032,60 @@ void on_xact(XactEvent event, void*)
 
 void on_subxact(SubXactEvent event, SubTransactionId subid, SubTransactionId parent_subid, void*)
 {
-    if (event == SUBXACT_EVENT_COMMIT_SUB) {
-        for (int i = 0; i < n_changes; i++)
-            if (changes[i].subid == subid)
-                changes[i].subid = parent_subid;
-    } else if (event == SUBXACT_EVENT_ABORT_SUB) {
-        settle_subtransaction(subid);
-    }
+    if (event == SUBXACT_EVENT_COMMIT_SUB)
+        subtransaction_committed(subid, parent_subid);
+    else if (event == SUBXACT_EVENT_ABORT_SUB)
+        subtransaction_aborted(subid);
 }
 
 // ---- Adding and taking ----------------------------------------------------
 
-// Counts n units as added by this transaction (entries_lock held); false if
-// the level could pass bigint were every add in flight, this one included,
-// to commit. Sets *level to the committed level.
-bool reserve_add(Entry* entry, int64 n, int64* level)
+// Counts n units as added by this transaction, in its Held of the entry
+// (entries_lock held); false if the level could pass bigint were every add
+// in flight, this one included, to commit. Sets *level to the committed
+// level.
+bool reserve_add(Held* held, int64 n, int64* level)
 {
-    SubTransactionId subid = GetCurrentSubTransactionId();
+    Entry* entry = held->entry;
     SpinLockAcquire(&entry->mutex);
     entry->recently_used = true;
     *level = entry->level;
     int64 if_all_commit;
     bool fits = !pg_add_s64_overflow(entry->level, entry->adding, &if_all_commit) &&
                 !pg_add_s64_overflow(if_all_commit, n, &if_all_commit);
-    if (fits) {
+    if (fits)
         entry->adding += n;
-        changes[n_changes++] = Change{entry, n, false, subid};
-    }
     SpinLockRelease(&entry->mutex);
+    if (fits)
+        record(held, 0, n);
     return fits;
 }
 
 enum class Take { reserved, short_of_units, held_in_flight };
 
-// Reserves n units of the entry for this transaction if level - in_flight
-// covers them (entries_lock held). Otherwise the shortfall is real when even
-// the return of every other transaction's units would not cover n (this
-// transaction's own stay taken); if not, the take will sleep until units of
-// the item settle. Sets *level to the committed level.
-Take reserve_take(Entry* entry, int64 n, int64 own_taken, int64* level)
+// Reserves n units of the entry for this transaction, in its Held, if level
+// - in_flight covers them (entries_lock held). Otherwise the shortfall is
+// real when even the return of every other transaction's units would not
+// cover n (this transaction's own stay taken); if not, the take will sleep
+// until units of the item settle. Sets *level to the committed level.
+Take reserve_take(Held* held, int64 n, int64* level)
 {
-    SubTransactionId subid = GetCurrentSubTransactionId();
+    Entry* entry = held->entry;
     SpinLockAcquire(&entry->mutex);
     entry->recently_used = true;
     *level = entry->level;
     Take take = Take::held_in_flight;
     if (entry->level - entry->in_flight >= n) {
         entry->in_flight += n;
-        changes[n_changes++] = Change{entry, -n, true, subid};
         take = Take::reserved;
-    } else if (entry->level - own_taken < n) {
+    } else if (entry->level - held->taken < n) {
         take = Take::short_of_units;
     } else {
         entry->sleepers = true;
     }
     SpinLockRelease(&entry->mutex);
+    if (take == Take::reserved)
+        record(held, n, 0);
     return take;
 }
 
@@ -797,9 +1167,13 @@ void begin_wait(UnitWait* wait, const StockItem& s)
     pg_memory_barrier();
     // Takes waiting for units this transaction holds: it may now be part of
     // a cycle with them, so they look.
-    for (int i = 0; i < n_changes; i++)
-        if (changes[i].reserved)
-            wake_sleepers(changes[i].entry);
+    if (book != nullptr) {
+        HASH_SEQ_STATUS scan;
+        hash_seq_init(&scan, book);
+        while (auto* held = static_cast<Held*>(hash_seq_search(&scan)))
+            if (held->taken > 0)
+                wake_sleepers(held->entry);
+    }
 }
 
 void end_wait(UnitWait* wait)
@@ -866,9 +1240,10 @@ void wait_for_units(UnitWait* wait, const StockItem& s, TransactionId blocked)
 void init_preloaded()
 {
     DefineCustomIntVariable("pg_idem.max_stock_items",
-                            "How many hot-stock items can have units in flight at once.",
+                            "How many hot-stock items shared memory holds.",
                             "Items with nothing in flight leave shared memory when room is needed, "
-                            "and are loaded from the tables again on next use.",
+                            "and are loaded from the tables again on next use; while there is no room, "
+                            "takes and adds of other items lock their rows instead.",
                             &max_items, 10000, 1, 10000000, PGC_POSTMASTER, 0,
                             nullptr, nullptr, nullptr);
     prev_shmem_request_hook = shmem_request_hook;
@@ -895,134 +1270,150 @@ using namespace idem::stock;
 // idem_stock_add(item text, n bigint) RETURNS bigint
 IDEM_SQL_FUNCTION(idem_stock_add)
 {
-    return pg::guarded([&]() -> Datum {
-        StockChange c = stock_change(fcinfo, "idem_stock_add()");
-        pg::connect();
-        ensure_item_row(c.s);
-        make_room_for_change();
-        Entry* entry = entry_locked(c.s);
-        if (entry == nullptr)
+    StockChange c = stock_change(fcinfo, "idem_stock_add()");
+    pg::connect();
+    ensure_item_row(c.s);
+    prepare_book();
+    for (;;) {
+        Entry* entry;
+        Route route = route_locked(c.s, &entry);
+        if (route == Route::no_item)
             raise_unknown_item(c.s);  // its row was deleted under us
-        int64 taken, delta, level;
-        own_changes(entry, &taken, &delta);
-        bool fits = reserve_add(entry, c.n, &level);
+        if (route == Route::by_row) {
+            if (!mark_for_row(c.s))
+                continue;  // it has an entry now: add through it
+            int64 level = add_by_row(c.s, c.n);
+            SPI_finish();
+            PG_RETURN_INT64(level);
+        }
+        Held* held = held_for(entry);
+        int64 own_delta = held->added - held->taken;
+        int64 level;
+        bool fits = reserve_add(held, c.n, &level);
+        forget_if_empty(held);
         LWLockRelease(entries_lock);
         if (!fits)
-            ereport(ERROR, (errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-                            errmsg("n = " INT64_FORMAT " would take item %s beyond the bigint range", c.n,
-                                   pg::key_for_message(Key{c.s.item.text})),
-                            errdetail("Units being added by transactions still in flight count too.")));
+            raise_beyond_bigint(c.s, c.n);
         append_to_ledger(c.s, c.n);
         SPI_finish();
-        PG_RETURN_INT64(level + delta + c.n);  // within range: level + adding + n is
-    });
+        PG_RETURN_INT64(level + own_delta + c.n);  // within range: level + adding + n is
+    }
 }
 
 // idem_stock_take(item text, n bigint) RETURNS boolean
 IDEM_SQL_FUNCTION(idem_stock_take)
 {
-    return pg::guarded([&]() -> Datum {
-        StockChange c = stock_change(fcinfo, "idem_stock_take()");
-        pg::connect();
-        make_room_for_change();
-        UnitWait wait = {};
-        for (;;) {
-            Entry* entry = entry_locked(c.s);
-            if (entry == nullptr) {
-                end_wait(&wait);
-                raise_unknown_item(c.s);
-            }
-            int64 taken, delta, level;
-            own_changes(entry, &taken, &delta);
-            Take take = reserve_take(entry, c.n, taken, &level);
-            TransactionId blocked = take == Take::held_in_flight ? blocked_holder(entry) : InvalidTransactionId;
-            LWLockRelease(entries_lock);
-            if (take == Take::reserved) {
-                end_wait(&wait);
-                publish_holding(entry);
-                break;
-            }
-            if (take == Take::short_of_units) {
-                end_wait(&wait);
-                if (level == 0 && !item_exists(c.s))
-                    raise_unknown_item(c.s);
-                SPI_finish();
-                PG_RETURN_BOOL(false);
-            }
-            wait_for_units(&wait, c.s, blocked);
+    StockChange c = stock_change(fcinfo, "idem_stock_take()");
+    pg::connect();
+    prepare_book();
+    UnitWait wait = {};
+    for (;;) {
+        Entry* entry;
+        Route route = route_locked(c.s, &entry);
+        if (route == Route::no_item) {
+            end_wait(&wait);
+            raise_unknown_item(c.s);
         }
-        append_to_ledger(c.s, -c.n);
-        SPI_finish();
-        PG_RETURN_BOOL(true);
-    });
+        if (route == Route::by_row) {
+            if (!mark_for_row(c.s))
+                continue;  // it has an entry now: take through it
+            end_wait(&wait);
+            bool took = take_by_row(c.s, c.n);
+            SPI_finish();
+            PG_RETURN_BOOL(took);
+        }
+        Held* held = held_for(entry);
+        int64 level;
+        Take take = reserve_take(held, c.n, &level);
+        forget_if_empty(held);
+        TransactionId blocked = take == Take::held_in_flight ? blocked_holder(entry) : InvalidTransactionId;
+        LWLockRelease(entries_lock);
+        if (take == Take::reserved) {
+            end_wait(&wait);
+            publish_holding(entry);
+            break;
+        }
+        if (take == Take::short_of_units) {
+            end_wait(&wait);
+            if (level == 0 && !item_exists(c.s))
+                raise_unknown_item(c.s);
+            SPI_finish();
+            PG_RETURN_BOOL(false);
+        }
+        wait_for_units(&wait, c.s, blocked);
+    }
+    append_to_ledger(c.s, -c.n);
+    SPI_finish();
+    PG_RETURN_BOOL(true);
 }
 
 // idem_stock_level(item text) RETURNS bigint: units left after every
-// committed take and add. An item shared memory holds no entry for has
-// nothing in flight, and its level is in the tables; reading it there loads
-// nothing, so a read never evicts an entry or fails for want of room. (On a
-// standby shared memory holds no entry at all: takes and adds load them.)
+// committed take and add. An item shared memory holds no entry for has its
+// committed level in the tables (takes and adds by row in flight are
+// uncommitted ledger rows, not read); reading it there loads nothing, so a
+// read never evicts an entry. (On a standby shared memory holds no entry at
+// all: takes and adds load them.)
 IDEM_SQL_FUNCTION(idem_stock_level)
 {
-    return pg::guarded([&]() -> Datum {
-        require_preloaded();
-        StockItem s = item_arg(fcinfo);
-        pg::connect();
-        int64 level;
-        if (Entry* entry = find_locked(s)) {
-            SpinLockAcquire(&entry->mutex);
-            level = entry->level;
-            SpinLockRelease(&entry->mutex);
-            LWLockRelease(entries_lock);
-            if (level == 0 && !item_exists(s))
-                raise_unknown_item(s);
-        } else if (!level_from_tables(s, &level)) {
+    require_preloaded();
+    StockItem s = item_arg(fcinfo);
+    pg::connect();
+    int64 level;
+    if (Entry* entry = find_locked(s)) {
+        SpinLockAcquire(&entry->mutex);
+        level = entry->level;
+        SpinLockRelease(&entry->mutex);
+        LWLockRelease(entries_lock);
+        if (level == 0 && !item_exists(s))
             raise_unknown_item(s);
-        }
-        SPI_finish();
-        PG_RETURN_INT64(level);
-    });
+    } else if (!committed_level(s, &level)) {
+        if (!item_exists(s))
+            raise_unknown_item(s);
+        level = 0;  // created by this transaction, by row: nothing committed yet
+    }
+    SPI_finish();
+    PG_RETURN_INT64(level);
 }
 
 // idem_stock_snapshot() RETURNS TABLE (item text, level bigint, in_flight bigint): the idem_stock view.
-// Items shared memory holds no entry for show their level in the tables, read
-// like idem_stock_level reads it.
+// Items shared memory holds no entry for show their committed level in the
+// tables, read like idem_stock_level reads it, and nothing in flight (units
+// taken by row are uncommitted ledger rows). Not for PUBLIC: it lists every
+// item (SPEC "Security").
 IDEM_SQL_FUNCTION(idem_stock_snapshot)
 {
-    return pg::guarded([&]() -> Datum {
-        require_preloaded();
-        Oid nsp = get_func_namespace(fcinfo->flinfo->fn_oid);
-        InitMaterializedSRF(fcinfo, 0);
-        auto* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
-        MemoryContext cxt = CurrentMemoryContext;
-        pg::connect();
-        uint64 n = pg::run_latest(all_items, nsp, nullptr, nullptr);
-        for (uint64 row = 0; row < n; row++) {
-            bool isnull;
-            Datum item = pg::result_value(row, 1, &isnull);
-            int64 level = DatumGetInt64(pg::result_value(row, 2, &isnull));
-            int64 in_flight = 0;
-            text* t = DatumGetTextPP(item);
-            idem::Item name{{VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)}};
-            // A name longer than any the functions accept was written into
-            // the table by hand: shared memory cannot hold it.
-            Entry* entry = nullptr;
-            if (name.text.size <= max_item_bytes)
-                entry = find_locked(stock_item(nsp, item, name));
-            if (entry != nullptr) {
-                SpinLockAcquire(&entry->mutex);
-                level = entry->level;
-                in_flight = entry->in_flight;
-                SpinLockRelease(&entry->mutex);
-                LWLockRelease(entries_lock);
-            }
-            MemoryContext old = MemoryContextSwitchTo(cxt);
-            Datum values[3] = {datumCopy(item, false, -1), Int64GetDatum(level), Int64GetDatum(in_flight)};
-            bool nulls[3] = {false, false, false};
-            tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-            MemoryContextSwitchTo(old);
+    require_preloaded();
+    Oid nsp = get_func_namespace(fcinfo->flinfo->fn_oid);
+    InitMaterializedSRF(fcinfo, 0);
+    auto* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
+    MemoryContext cxt = CurrentMemoryContext;
+    pg::connect();
+    uint64 n = pg::run_committed(all_items, nsp, nullptr, nullptr);
+    for (uint64 row = 0; row < n; row++) {
+        bool isnull;
+        Datum item = pg::result_value(row, 1, &isnull);
+        int64 level = DatumGetInt64(pg::result_value(row, 2, &isnull));
+        int64 in_flight = 0;
+        text* t = DatumGetTextPP(item);
+        idem::Item name{{VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)}};
+        // A name longer than any the functions accept was written into
+        // the table by hand: shared memory cannot hold it.
+        Entry* entry = nullptr;
+        if (name.text.size <= max_item_bytes)
+            entry = find_locked(stock_item(nsp, item, name));
+        if (entry != nullptr) {
+            SpinLockAcquire(&entry->mutex);
+            level = entry->level;
+            in_flight = entry->in_flight;
+            SpinLockRelease(&entry->mutex);
+            LWLockRelease(entries_lock);
         }
-        SPI_finish();
-        return 0;
-    });
+        MemoryContext old = MemoryContextSwitchTo(cxt);
+        Datum values[3] = {datumCopy(item, false, -1), Int64GetDatum(level), Int64GetDatum(in_flight)};
+        bool nulls[3] = {false, false, false};
+        tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+        MemoryContextSwitchTo(old);
+    }
+    SPI_finish();
+    return 0;
 }

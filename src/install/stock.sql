@@ -39,3 +39,11 @@ LANGUAGE C VOLATILE SECURITY DEFINER;
 -- One row per item: units left after every committed take, and units held
 -- by transactions still in flight.
 CREATE VIEW @extschema@.idem_stock AS SELECT * FROM @extschema@.idem_stock_snapshot();
+
+-- The snapshot lists every item and its level: for the owner and monitoring
+-- roles, not for PUBLIC (a caller reads the level of an item it names with
+-- idem_stock_level). The view runs the function with its reader's rights,
+-- so pg_monitor gets both.
+REVOKE EXECUTE ON FUNCTION @extschema@.idem_stock_snapshot() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.idem_stock_snapshot() TO pg_monitor;
+GRANT SELECT ON @extschema@.idem_stock TO pg_monitor;

@@ -123,8 +123,11 @@ Oid installed_namespace()
 
 namespace {
 
-// Runs `stmt` under the caller's snapshot, or under the latest one.
-uint64 execute(Statement& stmt, Oid extension_namespace, Datum* values, const char* nulls, bool latest)
+enum class Snap { caller, latest, committed };
+
+// Runs `stmt` under the caller's snapshot, the latest one, or the latest one
+// without this transaction's own changes.
+uint64 execute(Statement& stmt, Oid extension_namespace, Datum* values, const char* nulls, Snap snap)
 {
     const char* schema = extension_schema(extension_namespace);
     pin_search_path();
@@ -141,10 +144,22 @@ uint64 execute(Statement& stmt, Oid extension_namespace, Datum* values, const ch
         stmt.plan = plan;
         stmt.generation = generation;
     }
-    // Not read-only, so that SPI advances the command counter: the latest
-    // snapshot then also sees this transaction's earlier statements.
-    int rc = latest ? SPI_execute_snapshot(stmt.plan, values, nulls, GetLatestSnapshot(), InvalidSnapshot, false, true, 0)
-                    : SPI_execute_plan(stmt.plan, values, nulls, false, 0);
+    int rc;
+    if (snap == Snap::committed) {
+        // A snapshot whose command id is the transaction's first sees none
+        // of the rows this transaction inserted (and still sees those it
+        // deleted); read-only, so that SPI keeps that command id.
+        Snapshot snapshot = RegisterSnapshot(GetLatestSnapshot());
+        snapshot->curcid = FirstCommandId;
+        rc = SPI_execute_snapshot(stmt.plan, values, nulls, snapshot, InvalidSnapshot, true, true, 0);
+        UnregisterSnapshot(snapshot);
+    } else if (snap == Snap::latest) {
+        // Not read-only, so that SPI advances the command counter: the latest
+        // snapshot then also sees this transaction's earlier statements.
+        rc = SPI_execute_snapshot(stmt.plan, values, nulls, GetLatestSnapshot(), InvalidSnapshot, false, true, 0);
+    } else {
+        rc = SPI_execute_plan(stmt.plan, values, nulls, false, 0);
+    }
     if (rc < 0)
         elog(ERROR, "pg_idem: SPI_execute_plan failed: %s", SPI_result_code_string(rc));
     PopOverrideSearchPath();
@@ -155,12 +170,17 @@ uint64 execute(Statement& stmt, Oid extension_namespace, Datum* values, const ch
 
 uint64 run(Statement& stmt, Oid extension_namespace, Datum* values, const char* nulls)
 {
-    return execute(stmt, extension_namespace, values, nulls, false);
+    return execute(stmt, extension_namespace, values, nulls, Snap::caller);
 }
 
 uint64 run_latest(Statement& stmt, Oid extension_namespace, Datum* values, const char* nulls)
 {
-    return execute(stmt, extension_namespace, values, nulls, true);
+    return execute(stmt, extension_namespace, values, nulls, Snap::latest);
+}
+
+uint64 run_committed(Statement& stmt, Oid extension_namespace, Datum* values, const char* nulls)
+{
+    return execute(stmt, extension_namespace, values, nulls, Snap::committed);
 }
 
 Datum result_value(uint64 row, int col, bool* isnull)

@@ -47,6 +47,10 @@ uint64 run(Statement& stmt, FunctionCallInfo fcinfo, Datum* values, const char* 
 // snapshot is.
 uint64 run_latest(Statement& stmt, Oid extension_namespace, Datum* values, const char* nulls);
 
+// The same under the latest snapshot without this transaction's own changes:
+// only what other transactions have committed, for a read-only statement.
+uint64 run_committed(Statement& stmt, Oid extension_namespace, Datum* values, const char* nulls);
+
 // The schema pg_idem is installed in, in the current database; InvalidOid
 // when it is not installed. For code that no SQL function calls (the
 // worker); runs inside SPI_connect.

@@ -2,11 +2,11 @@
 -- tables; SECURITY DEFINER functions (whose search path src/pg/spi.cpp pins)
 -- cannot be redirected by objects a hostile user creates in public or pg_temp,
 -- whatever search_path the caller sets; operator functions are not
--- for PUBLIC; monitoring roles read statistics.
+-- for PUBLIC; monitoring roles read statistics and the hot-stock view.
 \i settings.psql
 
 BEGIN;
-SELECT plan(28);
+SELECT plan(35);
 
 CREATE SCHEMA idem;
 CREATE EXTENSION pg_idem SCHEMA idem;
@@ -84,6 +84,24 @@ SELECT throws_ok($$SELECT idem.idem_stats_reset()$$, '42501', NULL, 'but cannot 
 RESET ROLE;
 SELECT ok(NOT has_function_privilege('idem_tap_hostile', 'idem.idem_forget(text, text)', 'EXECUTE'),
           'idem_forget is not for PUBLIC');
+
+-- The hot-stock view lists every item and its level: for its owner and
+-- pg_monitor, not for PUBLIC (SPEC "Security").
+SELECT ok(NOT has_function_privilege('idem_tap_hostile', 'idem.idem_stock_snapshot()', 'EXECUTE'),
+          'idem_stock_snapshot is not for PUBLIC');
+SELECT ok(NOT has_table_privilege('idem_tap_hostile', 'idem.idem_stock', 'SELECT'), 'nor the idem_stock view');
+SET ROLE idem_tap_hostile;
+SELECT throws_ok($$SELECT * FROM idem.idem_stock$$, '42501', NULL, 'a plain role cannot read the idem_stock view');
+SELECT throws_ok($$SELECT * FROM idem.idem_stock_snapshot()$$, '42501', NULL, 'nor call idem_stock_snapshot');
+SELECT throws_ok($$SELECT idem.idem_stock_level('no-such-item')$$, 'P0002', NULL,
+                 'it still calls idem_stock_level for an item it names');
+RESET ROLE;
+CREATE ROLE idem_tap_monitor LOGIN IN ROLE pg_monitor;
+GRANT USAGE ON SCHEMA idem TO idem_tap_monitor;
+SET ROLE idem_tap_monitor;
+SELECT lives_ok($$SELECT count(*) FROM idem.idem_stock$$, 'pg_monitor reads the idem_stock view');
+SELECT lives_ok($$SELECT count(*) FROM idem.idem_stock_snapshot()$$, 'and may call idem_stock_snapshot');
+RESET ROLE;
 
 SELECT * FROM finish();
 ROLLBACK;

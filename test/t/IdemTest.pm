@@ -4,7 +4,7 @@ use strict;
 use warnings;
 use Exporter 'import';
 use Time::HiRes qw(usleep);
-our @EXPORT_OK = qw(crash_server);
+our @EXPORT_OK = qw(crash_server blocked_or_done);
 
 # On the machines pg_idem is tested on, process 1 does not reap orphans, so a
 # postmaster killed with SIGKILL would stay a zombie and PostgreSQL would take
@@ -29,6 +29,20 @@ sub crash_server
 		usleep(100_000);
 	}
 	return 0;
+}
+
+# Polls until no active statement whose text contains $text runs without
+# waiting for a lock: it either waits on one (a row or transaction lock) or
+# has answered. Returns whether that happened before the poll's timeout.
+sub blocked_or_done
+{
+	my ($node, $text) = @_;
+	$text =~ s/'/''/g;
+	return $node->poll_query_until('postgres', qq{
+		SELECT NOT EXISTS (SELECT FROM pg_stat_activity
+		                   WHERE position('$text' IN query) > 0 AND state = 'active'
+		                     AND pid <> pg_backend_pid()
+		                     AND wait_event_type IS DISTINCT FROM 'Lock')});
 }
 
 1;
