@@ -96,8 +96,6 @@ SELECT throws_ok($$SELECT * FROM idem.idem_stock_snapshot()$$, '42501', NULL, 'n
 SELECT throws_ok($$SELECT idem.idem_stock_level('no-such-item')$$, 'P0002', NULL,
                  'it still calls idem_stock_level for an item it names');
 RESET ROLE;
-CREATE ROLE idem_tap_monitor LOGIN IN ROLE pg_monitor;
-GRANT USAGE ON SCHEMA idem TO idem_tap_monitor;
 SET ROLE idem_tap_monitor;
 SELECT lives_ok($$SELECT count(*) FROM idem.idem_stock$$, 'pg_monitor reads the idem_stock view');
 SELECT lives_ok($$SELECT count(*) FROM idem.idem_stock_snapshot()$$, 'and may call idem_stock_snapshot');
