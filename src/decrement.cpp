@@ -106,7 +106,7 @@ SPIPlanPtr change_plan(const helper::RowTarget& target, const helper::Column& am
     if (plans->change == nullptr) {
         Oid types[2] = {target.key_arg_type, amount.type};
         plans->change =
-            helper::prepare_kept(psprintf("UPDATE %s SET %s = %s - $2 WHERE %s AND %s >= $2 RETURNING %s",
+            pg::prepare_kept(psprintf("UPDATE %s SET %s = %s - $2 WHERE %s AND %s >= $2 RETURNING %s",
                                       target.target_sql, amount.sql, amount.sql, helper::key_condition(target),
                                       amount.sql, amount.sql),
                              2, types);
@@ -118,7 +118,7 @@ SPIPlanPtr look_plan(const helper::RowTarget& target, const helper::Column& amou
 {
     if (plans->look == nullptr) {
         Oid types[2] = {target.key_arg_type, amount.type};
-        plans->look = helper::prepare_kept(psprintf("SELECT %s >= $2 FROM %s WHERE %s", amount.sql, target.target_sql,
+        plans->look = pg::prepare_kept(psprintf("SELECT %s >= $2 FROM %s WHERE %s", amount.sql, target.target_sql,
                                                 helper::key_condition(target)),
                                        2, types);
     }

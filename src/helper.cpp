@@ -411,15 +411,4 @@ void run_look(const RowTarget& t, SPIPlanPtr look, Datum* values)
                         errmsg("no row of \"%s\" has %s = %s", t.rel_name, t.key_column.name, key_for_message(t))));
 }
 
-SPIPlanPtr prepare_kept(const char* sql, int nargs, Oid* argtypes)
-{
-    SPIPlanPtr plan = SPI_prepare(sql, nargs, argtypes);
-    if (plan == nullptr)
-        elog(ERROR, "pg_idem: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-    if (SPI_keepplan(plan) != 0)
-        elog(ERROR, "pg_idem: SPI_keepplan failed");
-    elog(DEBUG1, "pg_idem: prepared %s", sql);
-    return plan;
-}
-
 }  // namespace idem::helper

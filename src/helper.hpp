@@ -111,7 +111,5 @@ uint64 run_change(const RowTarget& target, SPIPlanPtr change, Datum* values);
 // when no row has the key (none the caller may see, as with plain SQL);
 // otherwise the row is in SPI_tuptable.
 void run_look(const RowTarget& target, SPIPlanPtr look, Datum* values);
-// SPI_prepare + SPI_keepplan, with the caller's search path (DEBUG1 says so).
-SPIPlanPtr prepare_kept(const char* sql, int nargs, Oid* argtypes);
 
 }  // namespace idem::helper

@@ -74,17 +74,6 @@ pg::Statement check_lease = {
 // lost round means another transaction inserted or deleted the row meanwhile.
 constexpr int max_acquire_rounds = 100;
 
-Datum lease_name_arg(FunctionCallInfo fcinfo, int argno, const char* name)
-{
-    if (PG_ARGISNULL(argno)) {
-        checked_lease_name(name, nullptr);  // throws 22004
-    }
-    text* t = PG_GETARG_TEXT_PP(argno);
-    Text view{VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)};
-    checked_lease_name(name, &view);
-    return PointerGetDatum(t);
-}
-
 // A new fencing token, drawn while this transaction holds the lease's row
 // lock. Runs inside SPI_connect.
 int64 fencing_token(FunctionCallInfo fcinfo)
@@ -119,8 +108,8 @@ using namespace idem;
 IDEM_SQL_FUNCTION(idem_lease_acquire)
 {
     PreventCommandIfReadOnly("idem_lease_acquire()");
-    Datum name = lease_name_arg(fcinfo, 0, "name");
-    Datum owner = lease_name_arg(fcinfo, 1, "owner");
+    Datum name = pg::lease_name_arg(fcinfo, 0, "name");
+    Datum owner = pg::lease_name_arg(fcinfo, 1, "owner");
     pg::Ttl ttl = pg::ttl_arg(fcinfo, 2, "ttl", false);
 
     pg::connect();
@@ -167,8 +156,8 @@ IDEM_SQL_FUNCTION(idem_lease_acquire)
 IDEM_SQL_FUNCTION(idem_lease_release)
 {
     PreventCommandIfReadOnly("idem_lease_release()");
-    Datum name = lease_name_arg(fcinfo, 0, "name");
-    Datum owner = lease_name_arg(fcinfo, 1, "owner");
+    Datum name = pg::lease_name_arg(fcinfo, 0, "name");
+    Datum owner = pg::lease_name_arg(fcinfo, 1, "owner");
     pg::connect();
     Datum values[3] = {name, owner, TimestampTzGetDatum(GetCurrentTimestamp())};
     bool released = false;
@@ -183,7 +172,7 @@ IDEM_SQL_FUNCTION(idem_lease_release)
 // idem_lease_check(name text, fencing_token bigint) RETURNS boolean
 IDEM_SQL_FUNCTION(idem_lease_check)
 {
-    Datum name = lease_name_arg(fcinfo, 0, "name");
+    Datum name = pg::lease_name_arg(fcinfo, 0, "name");
     pg::require_arg(fcinfo, 1, "fencing_token");
     pg::connect();
     Datum values[3] = {name, PG_GETARG_DATUM(1), TimestampTzGetDatum(GetCurrentTimestamp())};

@@ -81,7 +81,7 @@ SPIPlanPtr plan(Statement which, const helper::RowTarget& target, const helper::
                            state.sql, state.sql, type, state.sql, type, target.target_sql,
                            helper::key_condition(target));
         Oid types[3] = {target.key_arg_type, TEXTOID, TEXTOID};
-        *slot = helper::prepare_kept(sql, 3, types);
+        *slot = pg::prepare_kept(sql, 3, types);
     }
     return *slot;
 }

@@ -45,6 +45,16 @@ ScopeArg scope_arg(FunctionCallInfo fcinfo, int argno, const char* name)
     return ScopeArg{datum, checked_scope(name, &t)};
 }
 
+Datum lease_name_arg(FunctionCallInfo fcinfo, int argno, const char* name)
+{
+    if (PG_ARGISNULL(argno))
+        checked_lease_name(name, nullptr);  // throws 22004
+    Datum datum = PG_GETARG_DATUM(argno);
+    Text t = text_view(datum);
+    checked_lease_name(name, &t);
+    return datum;
+}
+
 Ttl ttl_arg(FunctionCallInfo fcinfo, int argno, const char* name, bool null_means_never)
 {
     if (PG_ARGISNULL(argno)) {

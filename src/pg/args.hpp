@@ -26,7 +26,10 @@ void require_arg(FunctionCallInfo fcinfo, int argno, const char* name);
 // `name` names the argument in errors (22004 NULL, 22023 empty, 22001 too long).
 KeyArg key_arg(FunctionCallInfo fcinfo, int argno, const char* name);
 ScopeArg scope_arg(FunctionCallInfo fcinfo, int argno, const char* name);
-// The same checks for a text Datum that is not an argument (an array element).
+// A lease's name or owner (22004 NULL, 22023 empty, 22001 too long), as the
+// text Datum to pass on to SPI.
+Datum lease_name_arg(FunctionCallInfo fcinfo, int argno, const char* name);
+// The same checks as key_arg for a text Datum that is not an argument (an array element).
 KeyArg key_datum(Datum datum, bool isnull, const char* name);
 
 // A TTL argument: NULL (never expires, where allowed) or a checked interval.

@@ -136,12 +136,7 @@ uint64 execute(Statement& stmt, Oid extension_namespace, Datum* values, const ch
             SPI_freeplan(stmt.plan);
             stmt.plan = nullptr;
         }
-        SPIPlanPtr plan = SPI_prepare(with_schema(stmt.sql, schema), stmt.nargs, stmt.argtypes);
-        if (plan == nullptr)
-            elog(ERROR, "pg_idem: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-        if (SPI_keepplan(plan) != 0)
-            elog(ERROR, "pg_idem: SPI_keepplan failed");
-        stmt.plan = plan;
+        stmt.plan = prepare_kept(with_schema(stmt.sql, schema), stmt.nargs, stmt.argtypes);
         stmt.generation = generation;
     }
     int rc;
@@ -181,6 +176,17 @@ uint64 run_latest(Statement& stmt, Oid extension_namespace, Datum* values, const
 uint64 run_committed(Statement& stmt, Oid extension_namespace, Datum* values, const char* nulls)
 {
     return execute(stmt, extension_namespace, values, nulls, Snap::committed);
+}
+
+SPIPlanPtr prepare_kept(const char* sql, int nargs, Oid* argtypes)
+{
+    SPIPlanPtr plan = SPI_prepare(sql, nargs, argtypes);
+    if (plan == nullptr)
+        elog(ERROR, "pg_idem: SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+    if (SPI_keepplan(plan) != 0)
+        elog(ERROR, "pg_idem: SPI_keepplan failed");
+    elog(DEBUG1, "pg_idem: prepared %s", sql);
+    return plan;
 }
 
 Datum result_value(uint64 row, int col, bool* isnull)

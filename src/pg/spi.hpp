@@ -56,6 +56,12 @@ uint64 run_committed(Statement& stmt, Oid extension_namespace, Datum* values, co
 // worker); runs inside SPI_connect.
 Oid installed_namespace();
 
+// SPI_prepare + SPI_keepplan: a plan that outlives the call, prepared under
+// whatever search path is in force (DEBUG1 says what was prepared). The
+// Statements above use it under the pinned one; the helpers with the
+// caller's.
+SPIPlanPtr prepare_kept(const char* sql, int nargs, Oid* argtypes);
+
 // Column `col` (1-based) of result row `row`.
 Datum result_value(uint64 row, int col, bool* isnull);
 
