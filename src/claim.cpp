@@ -234,6 +234,22 @@ ClaimOutcome claim_core(const ClaimRequest& r, FunctionCallInfo fcinfo, MemoryCo
 
 namespace {
 
+// The (key, scope) of idem_finish and idem_forget, arguments 0 and 1.
+struct KeyInScope {
+    pg::KeyArg key;
+    pg::ScopeArg scope;
+    pg_uuid_t hash;
+};
+
+KeyInScope key_in_scope(FunctionCallInfo fcinfo)
+{
+    KeyInScope k;
+    k.key = pg::key_arg(fcinfo, 0, "key");
+    k.scope = pg::scope_arg(fcinfo, 1, "scope");
+    k.hash = key_hash_of(k.scope, k.key);
+    return k;
+}
+
 const char* status_name(ClaimStatus status)
 {
     switch (status) {
@@ -298,14 +314,12 @@ IDEM_SQL_FUNCTION(idem_begin)
 IDEM_SQL_FUNCTION(idem_finish)
 {
     PreventCommandIfReadOnly("idem_finish()");
-    pg::KeyArg key = pg::key_arg(fcinfo, 0, "key");
-    pg::ScopeArg scope = pg::scope_arg(fcinfo, 1, "scope");
-    pg_uuid_t hash = key_hash_of(scope, key);
+    KeyInScope k = key_in_scope(fcinfo);
 
     bool held = false;
     pg::connect();
-    if (own_claims::holds(hash)) {
-        Datum values[4] = {scope.datum, key.datum, PG_GETARG_DATUM(2), UUIDPGetDatum(&hash)};
+    if (own_claims::holds(k.hash)) {
+        Datum values[4] = {k.scope.datum, k.key.datum, PG_GETARG_DATUM(2), UUIDPGetDatum(&k.hash)};
         const char nulls[4] = {' ', ' ', PG_ARGISNULL(2) ? 'n' : ' ', ' '};
         held = pg::run(store_response, fcinfo, values, nulls) == 1;
     }
@@ -313,7 +327,7 @@ IDEM_SQL_FUNCTION(idem_finish)
         ereport(ERROR,
                 (errcode(IDEM_ERRCODE_NO_CLAIM_HELD),
                  errmsg("this transaction holds no claim on key %s in scope %s",
-                        pg::key_for_message(key.key), scope_for_message(scope)),
+                        pg::key_for_message(k.key.key), scope_for_message(k.scope)),
                  errhint("Call idem_begin() or idem_claim() for the key first, in the same transaction.")));
     SPI_finish();
     return 0;
@@ -323,12 +337,10 @@ IDEM_SQL_FUNCTION(idem_finish)
 IDEM_SQL_FUNCTION(idem_forget)
 {
     PreventCommandIfReadOnly("idem_forget()");
-    pg::KeyArg key = pg::key_arg(fcinfo, 0, "key");
-    pg::ScopeArg scope = pg::scope_arg(fcinfo, 1, "scope");
-    pg_uuid_t hash = key_hash_of(scope, key);
+    KeyInScope k = key_in_scope(fcinfo);
 
     pg::connect();
-    Datum values[3] = {scope.datum, key.datum, UUIDPGetDatum(&hash)};
+    Datum values[3] = {k.scope.datum, k.key.datum, UUIDPGetDatum(&k.hash)};
     bool existed = false;
     if (pg::run(forget_claim, fcinfo, values, nullptr) == 1) {
         // An expired claim is as good as absent, by the clock after the
