@@ -324,11 +324,8 @@ StockItem stock_item(Oid nsp, Datum name, const Item& item)
 StockItem item_arg(FunctionCallInfo fcinfo)
 {
     Oid nsp = get_func_namespace(fcinfo->flinfo->fn_oid);
-    if (PG_ARGISNULL(0))
-        checked_item("item", nullptr);  // throws 22004
-    text* t = PG_GETARG_TEXT_PP(0);
-    Text view{VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)};
-    return stock_item(nsp, PointerGetDatum(t), checked_item("item", &view));
+    pg::ItemArg arg = pg::item_arg(fcinfo, 0, "item");
+    return stock_item(nsp, arg.datum, arg.item);
 }
 
 int64 units_arg(FunctionCallInfo fcinfo, int argno)

@@ -45,6 +45,15 @@ ScopeArg scope_arg(FunctionCallInfo fcinfo, int argno, const char* name)
     return ScopeArg{datum, checked_scope(name, &t)};
 }
 
+ItemArg item_arg(FunctionCallInfo fcinfo, int argno, const char* name)
+{
+    if (PG_ARGISNULL(argno))
+        checked_item(name, nullptr);  // throws 22004
+    text* t = PG_GETARG_TEXT_PP(argno);
+    Text view{VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)};
+    return ItemArg{PointerGetDatum(t), checked_item(name, &view)};
+}
+
 Ttl ttl_arg(FunctionCallInfo fcinfo, int argno, const char* name, bool null_means_never)
 {
     if (PG_ARGISNULL(argno)) {
