@@ -431,6 +431,21 @@ void append_to_ledger(const StockItem& s, int64 delta)
     pg::run(append_ledger, s.nsp, values, nullptr);
 }
 
+// Locks the item's row (waiting for the transaction that holds it) and reads
+// its committed level after that wait, so that every change by row committed
+// before counts; P0002 if the item has no row. This transaction's own
+// changes by row are in its RowHeld, not in this level.
+int64 lock_row_level(const StockItem& s)
+{
+    Datum values[1] = {s.name};
+    if (pg::run_latest(lock_item, s.nsp, values, nullptr) == 0)
+        raise_unknown_item(s);
+    int64 level;
+    if (!committed_level(s, &level))
+        level = 0;  // its row is this transaction's own: a new item
+    return level;
+}
+
 [[noreturn]] void raise_beyond_bigint(const StockItem& s, int64 n)
 {
     ereport(ERROR, (errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
@@ -897,21 +912,6 @@ Held* row_held_for(const StockItem& s)
     if (!found)
         row->held = Held{nullptr, 0, 0, -1};
     return &row->held;
-}
-
-// Locks the item's row (waiting for the transaction that holds it) and reads
-// its committed level after that wait, so that every change by row committed
-// before counts; P0002 if the item has no row. This transaction's own
-// changes by row are in its RowHeld, not in this level.
-int64 lock_row_level(const StockItem& s)
-{
-    Datum values[1] = {s.name};
-    if (pg::run_latest(lock_item, s.nsp, values, nullptr) == 0)
-        raise_unknown_item(s);
-    int64 level;
-    if (!committed_level(s, &level))
-        level = 0;  // its row is this transaction's own: a new item
-    return level;
 }
 
 // A take by row (the item marked). As through an entry, the level less
