@@ -84,6 +84,30 @@
 // a backend publishes, this transaction's book, takes and adds by row, and
 // the ends of (sub)transactions; stock_wait.cpp waiting for units and finding
 // deadlocks. This header has what they share.
+//
+// LOCK ORDER, outermost first: (1) transaction-level locks: the item's row
+// lock (lock_row_level, FOR UPDATE, kept until the transaction ends) with
+// the other locks its statements take, and the waits for another
+// transaction's lock (a row lock held by a take by row, or XactLockTableWait
+// on a holder in wait_for_holder); (2) entries_lock, shared or exclusive;
+// (3) an entry's spinlock (entry->mutex). entries_lock may be taken while
+// the transaction holds row locks (mark_for_row, insert_entry, and
+// clear_marks at XACT_EVENT_COMMIT or ABORT, before PostgreSQL releases the
+// transaction's locks), never the reverse: nothing waits for a transaction
+// lock or runs a statement with entries_lock or a spinlock held (load_entry
+// lets the lock go before it reads the tables; adds and takes let it go
+// before they append to the ledger, sleep or wait for a holder). An entry's
+// spinlock is taken with entries_lock held (after find_locked, and in
+// evict_pass), or without it only for an entry this transaction's units keep
+// from eviction (settle, wake_sleepers); nothing is taken while it is held.
+// Condition variables are touched with no LWLock or spinlock held: a take
+// sleeps on its channel after letting entries_lock go, and settle and
+// wake_sleepers broadcast after letting the entry's spinlock go. A sleeping
+// take may still hold row locks of other items; the deadlock search in
+// stock_wait.cpp is for that. The Holders take no lock (each is written by
+// its own backend, with barriers); the marks are set under entries_lock
+// shared and cleared or read under it exclusive. AddinShmemInitLock is taken
+// only at startup, around the initialisation of all of it.
 #pragma once
 
 #include "core/key.hpp"
