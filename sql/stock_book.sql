@@ -1,4 +1,4 @@
--- Hot stock: one transaction's book of takes and adds (src/stock.cpp, "This
+-- Hot stock: one transaction's book of takes and adds (src/stock_book.cpp, "This
 -- transaction's changes"). 100,000 takes of one item in one transaction,
 -- with savepoints released and rolled back in between: every rolled-back
 -- savepoint gives back exactly its own units, and the level is exact. The

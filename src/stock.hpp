@@ -1,5 +1,5 @@
 // Hot stock: escrow counts in shared memory over an append-only ledger
-// (src/stock.cpp explains the design).
+// (src/stock_internal.hpp explains the design).
 #pragma once
 
 #include "pg/postgres.hpp"

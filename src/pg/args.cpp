@@ -55,6 +55,15 @@ Datum lease_name_arg(FunctionCallInfo fcinfo, int argno, const char* name)
     return datum;
 }
 
+ItemArg item_arg(FunctionCallInfo fcinfo, int argno, const char* name)
+{
+    if (PG_ARGISNULL(argno))
+        checked_item(name, nullptr);  // throws 22004
+    text* t = PG_GETARG_TEXT_PP(argno);
+    Text view{VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)};
+    return ItemArg{PointerGetDatum(t), checked_item(name, &view)};
+}
+
 Ttl ttl_arg(FunctionCallInfo fcinfo, int argno, const char* name, bool null_means_never)
 {
     if (PG_ARGISNULL(argno)) {

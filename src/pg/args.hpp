@@ -19,6 +19,11 @@ struct ScopeArg {
     Datum datum;
     Scope scope;
 };
+// A hot-stock item's name; `datum` is the argument detoasted, for SPI.
+struct ItemArg {
+    Datum datum;
+    Item item;
+};
 
 // 22004 naming the argument when argument `argno` is NULL.
 void require_arg(FunctionCallInfo fcinfo, int argno, const char* name);
@@ -26,6 +31,7 @@ void require_arg(FunctionCallInfo fcinfo, int argno, const char* name);
 // `name` names the argument in errors (22004 NULL, 22023 empty, 22001 too long).
 KeyArg key_arg(FunctionCallInfo fcinfo, int argno, const char* name);
 ScopeArg scope_arg(FunctionCallInfo fcinfo, int argno, const char* name);
+ItemArg item_arg(FunctionCallInfo fcinfo, int argno, const char* name);
 // A lease's name or owner (22004 NULL, 22023 empty, 22001 too long), as the
 // text Datum to pass on to SPI.
 Datum lease_name_arg(FunctionCallInfo fcinfo, int argno, const char* name);
