@@ -33,6 +33,17 @@ override with_llvm = no
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
+
+# Supported: PostgreSQL 15, 17 and 18, each tested in CI; 16 builds (all its
+# differences are in src/pg/compat.hpp) but no CI runs it.
+PG_MAJOR := $(shell $(PG_CONFIG) --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')
+ifeq ($(filter 15 16 17 18,$(PG_MAJOR)),)
+$(error pg_idem supports PostgreSQL 15, 17 and 18 (16 untested), but $(PG_CONFIG) is "$(shell $(PG_CONFIG) --version)": set PG_CONFIG to another server's pg_config)
+endif
+ifeq ($(PG_MAJOR),16)
+$(warning pg_idem: PostgreSQL 16 builds but is untested (no CI runs it))
+endif
+
 include $(PGXS)
 
 $(DATA_built): $(INSTALL_SQL) Makefile

@@ -35,6 +35,7 @@
 #include "core/key.hpp"
 #include "pg/args.hpp"
 #include "pg/guard.hpp"
+#include "pg/compat.hpp"
 #include "pg/spi.hpp"
 
 extern "C" {
@@ -45,7 +46,6 @@ extern "C" {
 #include "common/int.h"
 #include "funcapi.h"
 #include "miscadmin.h"
-#include "storage/backendid.h"
 #include "storage/condition_variable.h"
 #include "storage/ipc.h"
 #include "storage/lmgr.h"
@@ -122,7 +122,7 @@ struct alignas(PG_CACHE_LINE_SIZE) Holder {
 LWLock* entries_lock = nullptr;  // guards the membership of `entries` and the eviction stamps
 HTAB* entries = nullptr;
 Shared* shared = nullptr;
-Holder* holders = nullptr;  // one per backend, by MyBackendId
+Holder* holders = nullptr;  // one per backend, by compat::backend_slot()
 int max_items = 10000;  // pg_idem.max_stock_items
 
 shmem_request_hook_type prev_shmem_request_hook = nullptr;
@@ -502,7 +502,7 @@ bool sleeping = false;   // a take's wait may have this backend on a wakeup chan
 
 volatile Holder* my_holder()
 {
-    return &holders[MyBackendId - 1];
+    return &holders[idem::pg::compat::backend_slot()];
 }
 
 // Lists the entry among those this transaction holds units of.
@@ -510,7 +510,7 @@ void publish_holding(const Entry* entry)
 {
     volatile Holder* h = my_holder();
     if (!TransactionIdIsValid(h->xid)) {
-        h->pgprocno = MyProc->pgprocno;
+        h->pgprocno = idem::pg::compat::my_proc_number();
         h->xid = GetTopTransactionId();
         published = true;
     }
@@ -791,7 +791,7 @@ void begin_wait(UnitWait* wait, const StockItem& s)
 
     sleeping = true;
     volatile Holder* h = my_holder();
-    h->pgprocno = MyProc->pgprocno;
+    h->pgprocno = idem::pg::compat::my_proc_number();
     h->waiting = true;
     published = true;
     pg_memory_barrier();

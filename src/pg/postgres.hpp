@@ -11,6 +11,9 @@ extern "C" {
 #include "fmgr.h"
 }
 
+// Every difference between PostgreSQL versions, in one place.
+#include "pg/compat.hpp"
+
 // Declares a SQL-callable function with C linkage. Its body must hand its
 // work to idem::pg::guarded() so that no C++ exception reaches PostgreSQL.
 #define IDEM_SQL_FUNCTION(name)        \
