@@ -44,9 +44,10 @@ extern "C" {
 // The module's magic block: 18 also records the name and version, which
 // pg_get_loaded_modules() shows.
 #if PG_VERSION_NUM >= 180000
-#define IDEM_MODULE_MAGIC(name, version) PG_MODULE_MAGIC_EXT(.name = (name), .version = (version))
+#define IDEM_MODULE_MAGIC(module_name, module_version) \
+    PG_MODULE_MAGIC_EXT(.name = (module_name), .version = (module_version))
 #else
-#define IDEM_MODULE_MAGIC(name, version) PG_MODULE_MAGIC
+#define IDEM_MODULE_MAGIC(module_name, module_version) PG_MODULE_MAGIC
 #endif
 
 namespace idem::pg::compat {
