@@ -11,7 +11,7 @@ extern "C" {
 #include "miscadmin.h"
 #include "utils/guc.h"
 
-PG_MODULE_MAGIC;
+IDEM_MODULE_MAGIC("pg_idem", "1.0");
 
 void _PG_init(void)
 {

@@ -7,7 +7,6 @@ extern "C" {
 #include "access/transam.h"
 #include "common/int.h"
 #include "port/pg_bitutils.h"
-#include "storage/backendid.h"
 #include "storage/proc.h"
 #include "utils/memutils.h"
 }
@@ -23,7 +22,7 @@ bool sleeping = false;
 
 volatile Holder* my_holder()
 {
-    return &holders[MyBackendId - 1];
+    return &holders[pg::compat::backend_slot()];
 }
 
 // Lists the entry among those this transaction holds units of.
@@ -31,7 +30,7 @@ void publish_holding(const Entry* entry)
 {
     volatile Holder* h = my_holder();
     if (!TransactionIdIsValid(h->xid)) {
-        h->pgprocno = MyProc->pgprocno;
+        h->pgprocno = pg::compat::my_proc_number();
         h->xid = GetTopTransactionId();
         published = true;
     }
@@ -215,7 +214,7 @@ bool marked_any = false;  // this transaction set a mark
 
 uint64* my_marks()
 {
-    return &marks[(MyBackendId - 1) * mark_words];
+    return &marks[pg::compat::backend_slot() * mark_words];
 }
 
 }  // namespace

@@ -188,8 +188,8 @@ static_assert(mark_bits % eviction_stamps == 0, "a mark's bit tells its eviction
 extern LWLock* entries_lock;  // guards the membership of `entries`, the eviction stamps and the marks
 extern HTAB* entries;
 extern Shared* shared;
-extern Holder* holders;  // one per backend, by MyBackendId
-extern uint64* marks;    // mark_words per backend, by MyBackendId
+extern Holder* holders;  // one per backend, by compat::backend_slot()
+extern uint64* marks;    // mark_words per backend, by compat::backend_slot()
 extern int max_items;    // pg_idem.max_stock_items
 
 extern shmem_request_hook_type prev_shmem_request_hook;

@@ -85,7 +85,7 @@ void begin_wait(UnitWait* wait, const StockItem& s)
 
     sleeping = true;
     volatile Holder* h = my_holder();
-    h->pgprocno = MyProc->pgprocno;
+    h->pgprocno = pg::compat::my_proc_number();
     h->waiting = true;
     published = true;
     pg_memory_barrier();

@@ -11,6 +11,9 @@ extern "C" {
 #include "fmgr.h"
 }
 
+// Every difference between PostgreSQL versions, in one place.
+#include "pg/compat.hpp"
+
 // pg_idem's own SQLSTATEs (SPEC "Errors").
 #define IDEM_ERRCODE_REQUEST_MISMATCH MAKE_SQLSTATE('I', 'K', '0', '0', '1')
 #define IDEM_ERRCODE_NO_CLAIM_HELD    MAKE_SQLSTATE('I', 'K', '0', '0', '2')

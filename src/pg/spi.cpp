@@ -24,33 +24,19 @@ char* prepared_schema = nullptr;  // quoted, in TopMemoryContext
 uint64 generation = 1;
 
 // Every statement is parsed, planned and run with pg_catalog alone on the
-// search path: pg_idem's own objects are always named with their schema
-// (@extschema@), so nothing a user creates, in public, pg_temp or the
-// extension's own schema, can be found by an unqualified name. Otherwise a
-// function in public with an exactly matching signature (unnest(text[])
-// against pg_catalog's unnest(anyarray)) would win the lookup and run as the
-// extension's owner inside a SECURITY DEFINER function. (Pinning it this way
-// costs a list push per statement; a SET search_path clause on each function
-// cost about a fifth of a claim's time.)
-OverrideSearchPath* pinned_path = nullptr;  // in TopMemoryContext
+// search path (compat::push_catalog_search_path): pg_idem's own objects are
+// always named with their schema (@extschema@), so nothing a user creates,
+// in public, pg_temp or the extension's own schema, can be found by an
+// unqualified name. Otherwise a function in public with an exactly matching
+// signature (unnest(text[]) against pg_catalog's unnest(anyarray)) would win
+// the lookup and run as the extension's owner inside a SECURITY DEFINER
+// function. (Pinning it this way costs a list push per statement on 15, a
+// GUC nest level on 17; a SET search_path clause on each function cost
+// about a fifth of a claim's time.)
 
 void namespace_changed(Datum, int, uint32)
 {
     prepared_namespace = InvalidOid;
-}
-
-void pin_search_path()
-{
-    if (pinned_path == nullptr) {
-        pinned_path = static_cast<OverrideSearchPath*>(
-            MemoryContextAllocZero(TopMemoryContext, sizeof(OverrideSearchPath)));
-        pinned_path->schemas = NIL;
-        pinned_path->addCatalog = true;
-        pinned_path->addTemp = false;
-    }
-    // An error before the matching pop leaves the path pushed; (sub)transaction
-    // abort pops it.
-    PushOverrideSearchPath(pinned_path);
 }
 
 const char* extension_schema(Oid nsp)
@@ -109,16 +95,7 @@ uint64 run(Statement& stmt, FunctionCallInfo fcinfo, Datum* values, const char* 
 
 Oid installed_namespace()
 {
-    // (PostgreSQL 15 keeps get_extension_schema() to itself.)
-    pin_search_path();
-    int rc = SPI_execute("SELECT extnamespace FROM pg_catalog.pg_extension WHERE extname = 'pg_idem'", true, 1);
-    PopOverrideSearchPath();
-    if (rc != SPI_OK_SELECT)
-        elog(ERROR, "pg_idem: looking up the extension failed: %s", SPI_result_code_string(rc));
-    if (SPI_processed == 0)
-        return InvalidOid;
-    bool isnull;
-    return DatumGetObjectId(result_value(0, 1, &isnull));
+    return compat::extension_schema("pg_idem");
 }
 
 namespace {
@@ -130,7 +107,7 @@ enum class Snap { caller, latest, committed };
 uint64 execute(Statement& stmt, Oid extension_namespace, Datum* values, const char* nulls, Snap snap)
 {
     const char* schema = extension_schema(extension_namespace);
-    pin_search_path();
+    int search_path_level = compat::push_catalog_search_path();
     if (stmt.plan == nullptr || stmt.generation != generation) {
         if (stmt.plan != nullptr) {
             SPI_freeplan(stmt.plan);
@@ -157,7 +134,7 @@ uint64 execute(Statement& stmt, Oid extension_namespace, Datum* values, const ch
     }
     if (rc < 0)
         elog(ERROR, "pg_idem: SPI_execute_plan failed: %s", SPI_result_code_string(rc));
-    PopOverrideSearchPath();
+    compat::pop_catalog_search_path(search_path_level);
     return SPI_processed;
 }
 
