@@ -237,7 +237,7 @@ void check_may_update(Oid relid)
     if (!OidIsValid(nsp))
         return;  // no such table: lock_target says so
     Oid user = GetUserId();
-    if (compat::namespace_aclcheck(nsp, user, ACL_USAGE) != ACLCHECK_OK)
+    if (pg::compat::namespace_aclcheck(nsp, user, ACL_USAGE) != ACLCHECK_OK)
         ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
                         errmsg("permission denied for schema %s", quote_identifier(get_namespace_name(nsp)))));
     if (pg_class_aclcheck(relid, user, ACL_UPDATE) != ACLCHECK_OK &&
