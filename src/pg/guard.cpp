@@ -49,18 +49,6 @@ void raise_needs_preload(const char* feature)
     pg_unreachable();
 }
 
-void check_entry_state(sigjmp_buf* exception_stack, ErrorContextCallback* context_stack) noexcept
-{
-    // test/guard builds this file with the check off: it breaks the rule on
-    // purpose, to show what the restore does.
-#ifndef IDEM_GUARD_TEST_LIBRARY
-    Assert(PG_exception_stack == exception_stack);
-    Assert(error_context_stack == context_stack);
-#endif
-    (void)exception_stack;
-    (void)context_stack;
-}
-
 void raise(const CaughtError* e)
 {
     ereport(ERROR,

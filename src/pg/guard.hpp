@@ -18,7 +18,7 @@
 // callback, a subtransaction). Callbacks PostgreSQL calls directly (hooks,
 // transaction callbacks, timeouts, the background worker) never throw. On an
 // assert-enabled server the catch path checks the first half of that
-// (check_entry_state). Should a throw break the rule anyway, the guard puts
+// (in guarded()). Should a throw break the rule anyway, the guard puts
 // PG_exception_stack and error_context_stack back as the call found them
 // before it raises: otherwise they would point into a frame that no longer
 // exists, and the next ERROR would jump into it (sql/guard.sql).
@@ -43,10 +43,6 @@ void caught_out_of_memory(CaughtError* out) noexcept;
 void caught_unexpected(CaughtError* out, const char* what) noexcept;
 [[noreturn]] void raise(const CaughtError* e);
 
-// Asserts (on an assert-enabled server) that a C++ exception reached the
-// guard with PostgreSQL's error state as the call found it, i.e. that it was
-// thrown before the body pushed any: the rule above.
-void check_entry_state(sigjmp_buf* exception_stack, ErrorContextCallback* context_stack) noexcept;
 
 // 55000 with a hint, for a feature that lives in shared memory: pg_idem
 // must be in shared_preload_libraries.
@@ -69,7 +65,15 @@ Datum guarded(Body&& body)
     } catch (...) {
         caught_unexpected(&error, "unknown C++ exception");
     }
-    check_entry_state(exception_stack, context_stack);
+    // The rule above, on an assert-enabled server: the exception reached the
+    // guard with PostgreSQL's error state as the call found it. (Here, in the
+    // template, so that test/guard, which breaks the rule on purpose, turns
+    // it off in its own copy: a function of pg_idem.so would be the one the
+    // dynamic linker binds for both libraries.)
+#ifndef IDEM_GUARD_TEST_LIBRARY
+    Assert(PG_exception_stack == exception_stack);
+    Assert(error_context_stack == context_stack);
+#endif
     PG_exception_stack = exception_stack;
     error_context_stack = context_stack;
     raise(&error);
