@@ -40,46 +40,45 @@ using pg::Statement;
 Statement insert_claim = {
     "INSERT INTO @extschema@.idem_claims (scope, key, key_hash, claimed_at, expires_at, fingerprint) "
     "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (key_hash) DO NOTHING",
-    6, {TEXTOID, TEXTOID, UUIDOID, TIMESTAMPTZOID, TIMESTAMPTZOID, UUIDOID}};
+    6,
+    {TEXTOID, TEXTOID, UUIDOID, TIMESTAMPTZOID, TIMESTAMPTZOID, UUIDOID}};
 
 // What holds the key now. The first column tells a real match from a hash
 // collision (core/key.hpp); xmin tells the statistics whether the INSERT
 // waited for the row's writer (nothing else is decided from it).
-Statement probe_claim = {
-    "SELECT scope = $1, expires_at, fingerprint, response, xmin "
-    "FROM @extschema@.idem_claims WHERE key_hash = $3 AND key = $2",
-    3, {TEXTOID, TEXTOID, UUIDOID}};
+Statement probe_claim = {"SELECT scope = $1, expires_at, fingerprint, response, xmin "
+                         "FROM @extschema@.idem_claims WHERE key_hash = $3 AND key = $2",
+                         3,
+                         {TEXTOID, TEXTOID, UUIDOID}};
 
 // Whether any key has this hash: asked only when the INSERT met a row that
 // the probe by hash and key does not find (deleted meanwhile, or a collision).
-Statement probe_hash = {
-    "SELECT FROM @extschema@.idem_claims WHERE key_hash = $1",
-    1, {UUIDOID}};
+Statement probe_hash = {"SELECT FROM @extschema@.idem_claims WHERE key_hash = $1", 1, {UUIDOID}};
 
 // Take over an expired claim. The WHERE clause is re-checked against the
 // newest row version after waiting for a concurrent writer, so of two
 // transactions renewing the same expired claim only one succeeds.
-Statement renew_claim = {
-    "UPDATE @extschema@.idem_claims "
-    "SET claimed_at = $1, expires_at = $2, fingerprint = $3, response = NULL "
-    "WHERE key_hash = $4 AND key = $5 AND expires_at <= $1",
-    5, {TIMESTAMPTZOID, TIMESTAMPTZOID, UUIDOID, UUIDOID, TEXTOID}};
+Statement renew_claim = {"UPDATE @extschema@.idem_claims "
+                         "SET claimed_at = $1, expires_at = $2, fingerprint = $3, response = NULL "
+                         "WHERE key_hash = $4 AND key = $5 AND expires_at <= $1",
+                         5,
+                         {TIMESTAMPTZOID, TIMESTAMPTZOID, UUIDOID, UUIDOID, TEXTOID}};
 
-Statement date_claim = {
-    "UPDATE @extschema@.idem_claims SET claimed_at = $1, expires_at = $2 "
-    "WHERE key_hash = $3 AND key = $4",
-    4, {TIMESTAMPTZOID, TIMESTAMPTZOID, UUIDOID, TEXTOID}};
+Statement date_claim = {"UPDATE @extschema@.idem_claims SET claimed_at = $1, expires_at = $2 "
+                        "WHERE key_hash = $3 AND key = $4",
+                        4,
+                        {TIMESTAMPTZOID, TIMESTAMPTZOID, UUIDOID, TEXTOID}};
 
-Statement store_response = {
-    "UPDATE @extschema@.idem_claims SET response = $3 "
-    "WHERE key_hash = $4 AND scope = $1 AND key = $2",
-    4, {TEXTOID, TEXTOID, JSONBOID, UUIDOID}};
+Statement store_response = {"UPDATE @extschema@.idem_claims SET response = $3 "
+                            "WHERE key_hash = $4 AND scope = $1 AND key = $2",
+                            4,
+                            {TEXTOID, TEXTOID, JSONBOID, UUIDOID}};
 
-Statement forget_claim = {
-    "DELETE FROM @extschema@.idem_claims "
-    "WHERE key_hash = $3 AND scope = $1 AND key = $2 "
-    "RETURNING expires_at",
-    3, {TEXTOID, TEXTOID, UUIDOID}};
+Statement forget_claim = {"DELETE FROM @extschema@.idem_claims "
+                          "WHERE key_hash = $3 AND scope = $1 AND key = $2 "
+                          "RETURNING expires_at",
+                          3,
+                          {TEXTOID, TEXTOID, UUIDOID}};
 
 // A claim that keeps changing under us (renewed, forgotten, renewed again)
 // cannot loop forever: after this many rounds the caller retries (40001).
@@ -97,12 +96,11 @@ const char* scope_for_message(const pg::ScopeArg& scope)
 
 [[noreturn]] void raise_hash_collision(const ClaimRequest& r)
 {
-    ereport(ERROR,
-            (errcode(ERRCODE_UNIQUE_VIOLATION),
-             errmsg("key %s in scope %s shares its hash with another key",
-                    pg::key_for_message(r.key.key), scope_for_message(r.scope)),
-             errdetail("pg_idem indexes claims by a 128-bit SHA-256 prefix of (scope, key)."),
-             errhint("Use another key.")));
+    ereport(ERROR, (errcode(ERRCODE_UNIQUE_VIOLATION),
+                    errmsg("key %s in scope %s shares its hash with another key", pg::key_for_message(r.key.key),
+                           scope_for_message(r.scope)),
+                    errdetail("pg_idem indexes claims by a 128-bit SHA-256 prefix of (scope, key)."),
+                    errhint("Use another key.")));
 }
 
 // The claim is the caller's: remembered for idem_finish, counted, and dated
@@ -112,8 +110,8 @@ ClaimOutcome granted(const ClaimRequest& r, FunctionCallInfo fcinfo, TimestampTz
     TimestampTz now;
     if (granted_late(asked, &now)) {
         pg::Expiry expiry = pg::expiry_at(r.ttl, now);
-        Datum values[4] = {TimestampTzGetDatum(now), TimestampTzGetDatum(expiry.at),
-                           UUIDPGetDatum(&r.key_hash), r.key.datum};
+        Datum values[4] = {TimestampTzGetDatum(now), TimestampTzGetDatum(expiry.at), UUIDPGetDatum(&r.key_hash),
+                           r.key.datum};
         const char nulls[4] = {' ', expiry.never ? 'n' : ' ', ' ', ' '};
         pg::run(date_claim, fcinfo, values, nulls);
     }
@@ -125,12 +123,10 @@ ClaimOutcome granted(const ClaimRequest& r, FunctionCallInfo fcinfo, TimestampTz
 [[noreturn]] void raise_request_mismatch(const ClaimRequest& r)
 {
     stats::count(stats::request_mismatch, r.scope.scope);
-    ereport(ERROR,
-            (errcode(IDEM_ERRCODE_REQUEST_MISMATCH),
-             errmsg("idempotency key reused with a different request"),
-             errdetail("Key %s in scope %s was claimed for a request that differs from this one.",
-                       pg::key_for_message(r.key.key), scope_for_message(r.scope)),
-             errhint("A retry must send the same request; a new request needs a new key.")));
+    ereport(ERROR, (errcode(IDEM_ERRCODE_REQUEST_MISMATCH), errmsg("idempotency key reused with a different request"),
+                    errdetail("Key %s in scope %s was claimed for a request that differs from this one.",
+                              pg::key_for_message(r.key.key), scope_for_message(r.scope)),
+                    errhint("A retry must send the same request; a new request needs a new key.")));
 }
 
 }  // namespace
@@ -171,8 +167,11 @@ ClaimOutcome claim_core(const ClaimRequest& r, FunctionCallInfo fcinfo, MemoryCo
         // 1. The common case, a key nobody holds: one INSERT.
         TimestampTz now = GetCurrentTimestamp();
         pg::Expiry expiry = pg::expiry_at(r.ttl, now);
-        Datum insert_values[6] = {r.scope.datum, r.key.datum, UUIDPGetDatum(&r.key_hash),
-                                  TimestampTzGetDatum(now), TimestampTzGetDatum(expiry.at),
+        Datum insert_values[6] = {r.scope.datum,
+                                  r.key.datum,
+                                  UUIDPGetDatum(&r.key_hash),
+                                  TimestampTzGetDatum(now),
+                                  TimestampTzGetDatum(expiry.at),
                                   UUIDPGetDatum(&r.fingerprint)};
         const char insert_nulls[6] = {' ', ' ', ' ', ' ', expiry.never ? 'n' : ' ', fingerprint_null};
         if (pg::run(insert_claim, fcinfo, insert_values, insert_nulls) == 1)
@@ -200,8 +199,7 @@ ClaimOutcome claim_core(const ClaimRequest& r, FunctionCallInfo fcinfo, MemoryCo
         if (is_live(never_expires, expires_at, now)) {
             // The claim's writer was still running when the calling statement
             // started: the INSERT above waited for it to commit.
-            if (!own_claims::holds(r.key_hash) && ActiveSnapshotSet() &&
-                XidInMVCCSnapshot(writer, GetActiveSnapshot()))
+            if (!own_claims::holds(r.key_hash) && ActiveSnapshotSet() && XidInMVCCSnapshot(writer, GetActiveSnapshot()))
                 stats::count(stats::claim_wait, r.scope.scope);
             if (r.has_fingerprint && !fingerprint_missing &&
                 std::memcmp(DatumGetUUIDP(stored_fingerprint)->data, r.fingerprint.data, UUID_LEN) != 0)
@@ -324,11 +322,10 @@ IDEM_SQL_FUNCTION(idem_finish)
         held = pg::run(store_response, fcinfo, values, nulls) == 1;
     }
     if (!held)
-        ereport(ERROR,
-                (errcode(IDEM_ERRCODE_NO_CLAIM_HELD),
-                 errmsg("this transaction holds no claim on key %s in scope %s",
-                        pg::key_for_message(k.key.key), scope_for_message(k.scope)),
-                 errhint("Call idem_begin() or idem_claim() for the key first, in the same transaction.")));
+        ereport(ERROR, (errcode(IDEM_ERRCODE_NO_CLAIM_HELD),
+                        errmsg("this transaction holds no claim on key %s in scope %s", pg::key_for_message(k.key.key),
+                               scope_for_message(k.scope)),
+                        errhint("Call idem_begin() or idem_claim() for the key first, in the same transaction.")));
     SPI_finish();
     return 0;
 }

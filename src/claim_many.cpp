@@ -44,12 +44,13 @@ Statement insert_claims = {
     "ORDER BY i "
     "ON CONFLICT (key_hash) DO NOTHING "
     "RETURNING key_hash",
-    5, {TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTARRAYOID, UUIDARRAYOID}};
+    5,
+    {TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTARRAYOID, UUIDARRAYOID}};
 
-Statement date_claims = {
-    "UPDATE @extschema@.idem_claims SET claimed_at = $1, expires_at = $2 "
-    "WHERE key_hash = ANY ($3::pg_catalog.uuid[])",
-    3, {TIMESTAMPTZOID, TIMESTAMPTZOID, UUIDARRAYOID}};
+Statement date_claims = {"UPDATE @extschema@.idem_claims SET claimed_at = $1, expires_at = $2 "
+                         "WHERE key_hash = ANY ($3::pg_catalog.uuid[])",
+                         3,
+                         {TIMESTAMPTZOID, TIMESTAMPTZOID, UUIDARRAYOID}};
 
 // The most keys one call takes, and how large one chunk may grow.
 constexpr int max_keys_per_call = 1000000;
@@ -57,12 +58,12 @@ constexpr int max_keys_per_chunk = 1000;
 constexpr size_t max_bytes_per_chunk = 4 * 1024 * 1024;
 
 struct Batch {
-    int n;                 // keys given
-    pg::KeyArg* keys;      // validated, in the caller's order
-    pg_uuid_t* hashes;     // their key_hash
+    int n;  // keys given
+    pg::KeyArg* keys;  // validated, in the caller's order
+    pg_uuid_t* hashes;  // their key_hash
     int n_distinct;
-    int* order;            // [0, n_distinct): distinct keys in byte order
-    int* first;            // first occurrence of each key
+    int* order;  // [0, n_distinct): distinct keys in byte order
+    int* first;  // first occurrence of each key
     bool* claimed;
 };
 
@@ -113,8 +114,8 @@ void claim_chunk(Batch& b, int from, int to, const ClaimRequest& base, FunctionC
     if (inserted > 0 && granted_late(asked, &now)) {
         pg::Expiry late = pg::expiry_at(base.ttl, now);
         Datum date_values[3] = {TimestampTzGetDatum(now), TimestampTzGetDatum(late.at),
-                                PointerGetDatum(construct_array(granted, static_cast<int>(inserted), UUIDOID,
-                                                                UUID_LEN, false, TYPALIGN_CHAR))};
+                                PointerGetDatum(construct_array(granted, static_cast<int>(inserted), UUIDOID, UUID_LEN,
+                                                                false, TYPALIGN_CHAR))};
         const char date_nulls[3] = {' ', late.never ? 'n' : ' ', ' '};
         pg::run(date_claims, fcinfo, date_values, date_nulls);
     }

@@ -8,9 +8,9 @@
 // `amount >= n` against the amount the first left (READ COMMITTED), so the
 // amount never drops below zero and every successful decrement is counted
 // in the drop.
-#include "pg/guard.hpp"
-#include "pg/args.hpp"
 #include "helper.hpp"
+#include "pg/args.hpp"
+#include "pg/guard.hpp"
 #include "pg/spi.hpp"
 #include "stats.hpp"
 
@@ -23,7 +23,6 @@ extern "C" {
 
 namespace idem {
 namespace {
-
 
 bool is_amount_type(Oid type)
 {
@@ -41,15 +40,15 @@ Datum amount_of(Numeric n, const helper::Column& amount)
         Datum fitted = DirectFunctionCall2(numeric, value, Int32GetDatum(amount.typmod));
         if (!DatumGetBool(DirectFunctionCall2(numeric_eq, fitted, value)))
             ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-                            errmsg("n = %s has more decimal places than column \"%s\" keeps",
-                                   numeric_normalize(n), amount.name)));
+                            errmsg("n = %s has more decimal places than column \"%s\" keeps", numeric_normalize(n),
+                                   amount.name)));
         return fitted;
     }
     Datum rounded = DirectFunctionCall2(numeric_round, value, Int32GetDatum(0));
     if (!DatumGetBool(DirectFunctionCall2(numeric_eq, rounded, value)))
         ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-                        errmsg("n = %s must be a whole number for column \"%s\" of type %s",
-                               numeric_normalize(n), amount.name, format_type_be(amount.type))));
+                        errmsg("n = %s must be a whole number for column \"%s\" of type %s", numeric_normalize(n),
+                               amount.name, format_type_be(amount.type))));
     int64 lo = amount.type == INT2OID ? PG_INT16_MIN : amount.type == INT4OID ? PG_INT32_MIN : PG_INT64_MIN;
     int64 hi = amount.type == INT2OID ? PG_INT16_MAX : amount.type == INT4OID ? PG_INT32_MAX : PG_INT64_MAX;
     bool in_range =
@@ -57,8 +56,8 @@ Datum amount_of(Numeric n, const helper::Column& amount)
         DatumGetBool(DirectFunctionCall2(numeric_ge, value, DirectFunctionCall1(int8_numeric, Int64GetDatum(lo))));
     if (!in_range)
         ereport(ERROR, (errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-                        errmsg("n = %s is out of range for column \"%s\" of type %s",
-                               numeric_normalize(n), amount.name, format_type_be(amount.type))));
+                        errmsg("n = %s is out of range for column \"%s\" of type %s", numeric_normalize(n), amount.name,
+                               format_type_be(amount.type))));
     int64 whole = DatumGetInt64(DirectFunctionCall1(numeric_int8, value));
     switch (amount.type) {
     case INT2OID:
@@ -92,12 +91,12 @@ Datum new_amount(const helper::RowTarget& target, const helper::Column& amount)
     bool isnull;
     Datum left = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
     if (isnull)
-        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-                        errmsg("amount_column \"%s\" of \"%s\" is NULL after the decrement", amount.name,
-                               target.rel_name),
-                        errdetail("A BEFORE UPDATE trigger set it to NULL; idem_decrement answers NULL only when "
-                                  "nothing was decremented."),
-                        errhint("Keep the amount NOT NULL, or decrement it with a plain UPDATE.")));
+        ereport(ERROR,
+                (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+                 errmsg("amount_column \"%s\" of \"%s\" is NULL after the decrement", amount.name, target.rel_name),
+                 errdetail("A BEFORE UPDATE trigger set it to NULL; idem_decrement answers NULL only when "
+                           "nothing was decremented."),
+                 errhint("Keep the amount NOT NULL, or decrement it with a plain UPDATE.")));
     return SPI_datumTransfer(as_numeric(left, amount.type), false, -1);
 }
 
@@ -105,11 +104,10 @@ SPIPlanPtr change_plan(const helper::RowTarget& target, const helper::Column& am
 {
     if (plans->change == nullptr) {
         Oid types[2] = {target.key_arg_type, amount.type};
-        plans->change =
-            pg::prepare_kept(psprintf("UPDATE %s SET %s = %s - $2 WHERE %s AND %s >= $2 RETURNING %s",
-                                      target.target_sql, amount.sql, amount.sql, helper::key_condition(target),
-                                      amount.sql, amount.sql),
-                             2, types);
+        plans->change = pg::prepare_kept(
+            psprintf("UPDATE %s SET %s = %s - $2 WHERE %s AND %s >= $2 RETURNING %s", target.target_sql, amount.sql,
+                     amount.sql, helper::key_condition(target), amount.sql, amount.sql),
+            2, types);
     }
     return plans->change;
 }
@@ -118,9 +116,9 @@ SPIPlanPtr look_plan(const helper::RowTarget& target, const helper::Column& amou
 {
     if (plans->look == nullptr) {
         Oid types[2] = {target.key_arg_type, amount.type};
-        plans->look = pg::prepare_kept(psprintf("SELECT %s >= $2 FROM %s WHERE %s", amount.sql, target.target_sql,
-                                                helper::key_condition(target)),
-                                       2, types);
+        plans->look = pg::prepare_kept(
+            psprintf("SELECT %s >= $2 FROM %s WHERE %s", amount.sql, target.target_sql, helper::key_condition(target)),
+            2, types);
     }
     return plans->look;
 }
@@ -142,15 +140,15 @@ IDEM_SQL_FUNCTION(idem_decrement)
     pg::require_arg(fcinfo, 4, "n");
     Numeric n = PG_GETARG_NUMERIC(4);
     if (numeric_is_nan(n) || numeric_is_inf(n) ||
-        !DatumGetBool(DirectFunctionCall2(numeric_gt, NumericGetDatum(n),
-                                          DirectFunctionCall1(int4_numeric, Int32GetDatum(0)))))
+        !DatumGetBool(
+            DirectFunctionCall2(numeric_gt, NumericGetDatum(n), DirectFunctionCall1(int4_numeric, Int32GetDatum(0)))))
         ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
                         errmsg("n must be a positive amount, got %s", numeric_normalize(n))));
     Datum by = amount_of(n, amount);
 
     pg::connect();
-    helper::CachedPlans* plans =
-        helper::cached_plans(helper::PlanKey{target.relid, target.key_column.att, amount.att, target.key_arg_type, helper::Kind::decrement});
+    helper::CachedPlans* plans = helper::cached_plans(
+        helper::PlanKey{target.relid, target.key_column.att, amount.att, target.key_arg_type, helper::Kind::decrement});
     helper::check_target(target, plans);
     Datum values[2] = {target.key, by};
     for (int attempt = 1;; attempt++) {

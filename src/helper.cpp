@@ -258,8 +258,8 @@ char lock_target(Oid relid)
     LockRelationOid(relid, RowExclusiveLock);  // also applies the invalidations that came meanwhile
     char kind = get_rel_relkind(relid);
     if (kind == '\0' && name_before != nullptr)
-        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE),
-                        errmsg("rel: relation \"%s\" was dropped meanwhile", name_before)));
+        ereport(ERROR,
+                (errcode(ERRCODE_UNDEFINED_TABLE), errmsg("rel: relation \"%s\" was dropped meanwhile", name_before)));
     if (kind == '\0')
         ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE), errmsg("rel: relation with OID %u does not exist", relid)));
     return kind;
@@ -288,8 +288,7 @@ RowTarget row_target(FunctionCallInfo fcinfo, int rel_argno, int key_column_argn
     char kind = lock_target(t.relid);
     t.rel_name = get_rel_name(t.relid);
     if (kind != RELKIND_RELATION && kind != RELKIND_PARTITIONED_TABLE)
-        ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE),
-                        errmsg("rel: \"%s\" is not a table", t.rel_name),
+        ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE), errmsg("rel: \"%s\" is not a table", t.rel_name),
                         errhint("Pass a table or a partitioned table.")));
     t.rel_sql = quote_qualified_identifier(get_namespace_name(get_rel_namespace(t.relid)), t.rel_name);
     t.target_sql = kind == RELKIND_RELATION ? psprintf("ONLY %s", t.rel_sql) : t.rel_sql;
@@ -303,15 +302,15 @@ RowTarget row_target(FunctionCallInfo fcinfo, int rel_argno, int key_column_argn
     Oid key_type = getBaseType(t.key_arg_type);
     if (!key_converts_exactly(key_type, key_column.type)) {
         bool by_rounding = can_coerce_type(1, &key_type, &key_column.type, COERCION_ASSIGNMENT);
-        ereport(ERROR, (errcode(ERRCODE_DATATYPE_MISMATCH),
-                        errmsg("key of type %s cannot be compared with column \"%s\" of type %s",
-                               format_type_be(t.key_arg_type), key_column.name,
-                               format_type_be(key_column.declared_type)),
-                        by_rounding ? errdetail("Converting %s to %s can round or cut the key, which would "
-                                                "address another row.",
-                                                format_type_be(key_type), format_type_be(key_column.type))
-                                    : 0,
-                        errhint("Pass the key as %s.", format_type_be(key_column.declared_type))));
+        ereport(ERROR,
+                (errcode(ERRCODE_DATATYPE_MISMATCH),
+                 errmsg("key of type %s cannot be compared with column \"%s\" of type %s",
+                        format_type_be(t.key_arg_type), key_column.name, format_type_be(key_column.declared_type)),
+                 by_rounding ? errdetail("Converting %s to %s can round or cut the key, which would "
+                                         "address another row.",
+                                         format_type_be(key_type), format_type_be(key_column.type))
+                             : 0,
+                 errhint("Pass the key as %s.", format_type_be(key_column.declared_type))));
     }
     return t;
 }

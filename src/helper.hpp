@@ -22,25 +22,25 @@ namespace idem::helper {
 // A column of the target's relation: its number, base type and typmod.
 struct Column {
     AttrNumber att;
-    Oid type;       // base type (a domain's underlying type)
+    Oid type;  // base type (a domain's underlying type)
     Oid declared_type;
-    int32 typmod;   // of the base type (a domain's typmod)
+    int32 typmod;  // of the base type (a domain's typmod)
     Oid collation;
-    const char* sql;   // quoted
+    const char* sql;  // quoted
     const char* name;
 };
 
 struct RowTarget {
     Oid relid;
-    const char* rel_sql;       // quoted schema.name
+    const char* rel_sql;  // quoted schema.name
     // The rows the helper's statements address: ONLY the table itself for a
     // plain table, whose unique index does not reach its inheritance
     // children; the whole of a partitioned table, whose unique index covers
     // every partition.
     const char* target_sql;
-    const char* rel_name;      // for messages
+    const char* rel_name;  // for messages
     Column key_column;
-    Oid key_arg_type;          // the type the caller passed the key as
+    Oid key_arg_type;  // the type the caller passed the key as
     Datum key;
 };
 
@@ -87,9 +87,9 @@ struct PlanKey {
 struct CachedPlans {
     PlanKey key;
     SPIPlanPtr change;  // the one-statement UPDATE ... RETURNING; NULL until prepared
-    SPIPlanPtr look;    // what the row holds when the UPDATE changed nothing; NULL until needed
+    SPIPlanPtr look;  // what the row holds when the UPDATE changed nothing; NULL until needed
     bool target_checked;  // check_target() passed
-    bool stale;         // the relation changed since
+    bool stale;  // the relation changed since
 };
 
 // Registers the cache's invalidation callbacks; from _PG_init.

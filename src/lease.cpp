@@ -33,12 +33,12 @@ namespace {
 // before the wait could be smaller than the one the other transaction was
 // granted.) Times and tokens are computed here and passed as parameters.
 pg::Statement peek_lease = {
-    "SELECT owner = $2, expires_at FROM @extschema@.idem_leases WHERE name = $1",
-    2, {TEXTOID, TEXTOID}};
+    "SELECT owner = $2, expires_at FROM @extschema@.idem_leases WHERE name = $1", 2, {TEXTOID, TEXTOID}};
 
 pg::Statement lock_lease = {
     "SELECT owner = $2, expires_at, fencing_token FROM @extschema@.idem_leases WHERE name = $1 FOR UPDATE",
-    2, {TEXTOID, TEXTOID}};
+    2,
+    {TEXTOID, TEXTOID}};
 
 pg::Statement next_fencing_token = {"SELECT pg_catalog.nextval('@extschema@.idem_lease_fencing')", 0, {}};
 
@@ -48,13 +48,15 @@ pg::Statement next_fencing_token = {"SELECT pg_catalog.nextval('@extschema@.idem
 pg::Statement insert_lease = {
     "INSERT INTO @extschema@.idem_leases (name, owner, fencing_token, acquired_at, expires_at) "
     "VALUES ($1, '', 0, '-infinity', '-infinity') ON CONFLICT (name) DO NOTHING",
-    1, {TEXTOID}};
+    1,
+    {TEXTOID}};
 
 // A new holder of a locked row (new, or the last holder's lease expired).
 pg::Statement grant_lease = {
     "UPDATE @extschema@.idem_leases SET owner = $2, fencing_token = $3, acquired_at = $4, expires_at = $5 "
     "WHERE name = $1",
-    5, {TEXTOID, TEXTOID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID}};
+    5,
+    {TEXTOID, TEXTOID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID}};
 
 pg::Statement extend_lease = {
     "UPDATE @extschema@.idem_leases SET expires_at = $2 WHERE name = $1", 2, {TEXTOID, TIMESTAMPTZOID}};
@@ -64,11 +66,13 @@ pg::Statement extend_lease = {
 // held by the clock after it.
 pg::Statement release_lease = {
     "DELETE FROM @extschema@.idem_leases WHERE name = $1 AND owner = $2 AND expires_at > $3 RETURNING expires_at",
-    3, {TEXTOID, TEXTOID, TIMESTAMPTZOID}};
+    3,
+    {TEXTOID, TEXTOID, TIMESTAMPTZOID}};
 
 pg::Statement check_lease = {
     "SELECT 1 FROM @extschema@.idem_leases WHERE name = $1 AND fencing_token = $2 AND expires_at > $3",
-    3, {TEXTOID, INT8OID, TIMESTAMPTZOID}};
+    3,
+    {TEXTOID, INT8OID, TIMESTAMPTZOID}};
 
 // Rounds of "insert, or lock and decide" before giving up with 40001: each
 // lost round means another transaction inserted or deleted the row meanwhile.

@@ -1,7 +1,7 @@
 // pg_idem's module entry: _PG_init only registers things.
+#include "helper.hpp"
 #include "own_claims.hpp"
 #include "pg/guard.hpp"
-#include "helper.hpp"
 #include "pg/spi.hpp"
 #include "purge.hpp"
 #include "stats.hpp"

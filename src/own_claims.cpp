@@ -44,8 +44,8 @@ Level* new_level(SubTransactionId subid, Level* outer)
     level->subid = subid;
     level->n = 0;
     level->capacity = 4;
-    level->key_hashes = static_cast<pg_uuid_t*>(
-        MemoryContextAlloc(TopTransactionContext, sizeof(pg_uuid_t) * level->capacity));
+    level->key_hashes =
+        static_cast<pg_uuid_t*>(MemoryContextAlloc(TopTransactionContext, sizeof(pg_uuid_t) * level->capacity));
     level->outer = outer;
     return level;
 }
@@ -132,8 +132,7 @@ void remember(const pg_uuid_t& key_hash)
         info.keysize = sizeof(pg_uuid_t);
         info.entrysize = sizeof(Claimed);
         info.hcxt = TopTransactionContext;
-        claimed = hash_create("pg_idem claims of this transaction", 64, &info,
-                              HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+        claimed = hash_create("pg_idem claims of this transaction", 64, &info, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
     }
     if (find(key_hash) != nullptr)
         return;  // held since an outer (or this) subtransaction

@@ -7,8 +7,8 @@
 extern "C" {
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
-#include "utils/lsyscache.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 }
 
@@ -28,13 +28,13 @@ namespace {
 // rows nobody else is touching, and at most $2 of them. It answers how many
 // it deleted, how many it locked (fewer than $2: it reached the end of the
 // table) and the last row it looked at.
-#define IDEM_DELETE_EXPIRED(table)                                                                   \
-    "WITH batch AS MATERIALIZED ("                                                                   \
-    "  SELECT ctid FROM @extschema@." table " WHERE ctid > $3 AND expires_at <= $1 "                 \
-    "  LIMIT $2 FOR UPDATE SKIP LOCKED), "                                                           \
-    "purged AS ("                                                                                    \
-    "  DELETE FROM @extschema@." table " WHERE ctid = ANY (ARRAY(SELECT ctid FROM batch)) "          \
-    "  AND expires_at <= $1 RETURNING 1) "                                                           \
+#define IDEM_DELETE_EXPIRED(table)                                                          \
+    "WITH batch AS MATERIALIZED ("                                                          \
+    "  SELECT ctid FROM @extschema@." table " WHERE ctid > $3 AND expires_at <= $1 "        \
+    "  LIMIT $2 FOR UPDATE SKIP LOCKED), "                                                  \
+    "purged AS ("                                                                           \
+    "  DELETE FROM @extschema@." table " WHERE ctid = ANY (ARRAY(SELECT ctid FROM batch)) " \
+    "  AND expires_at <= $1 RETURNING 1) "                                                  \
     "SELECT (SELECT pg_catalog.count(*) FROM purged), pg_catalog.count(*), pg_catalog.max(ctid) FROM batch"
 
 pg::Statement delete_expired_claims = {IDEM_DELETE_EXPIRED("idem_claims"), 3, {TIMESTAMPTZOID, INT8OID, TIDOID}};
@@ -50,15 +50,12 @@ pg::Statement* const expiring_tables[expiring_table_count] = {&delete_expired_cl
 
 void define_gucs()
 {
-    DefineCustomIntVariable("pg_idem.purge_interval",
-                            "How long the purge worker sleeps when nothing is left to purge.",
-                            nullptr, &interval_ms, 10000, 10, 24 * 3600 * 1000, PGC_SUSET, GUC_UNIT_MS,
-                            nullptr, nullptr, nullptr);
-    DefineCustomIntVariable("pg_idem.purge_batch_size",
-                            "How many expired rows one purge transaction deletes at most.",
+    DefineCustomIntVariable("pg_idem.purge_interval", "How long the purge worker sleeps when nothing is left to purge.",
+                            nullptr, &interval_ms, 10000, 10, 24 * 3600 * 1000, PGC_SUSET, GUC_UNIT_MS, nullptr,
+                            nullptr, nullptr);
+    DefineCustomIntVariable("pg_idem.purge_batch_size", "How many expired rows one purge transaction deletes at most.",
                             nullptr, &batch_size, 10000, 1, 1000000, PGC_SUSET, 0, nullptr, nullptr, nullptr);
-    DefineCustomIntVariable("pg_idem.purge_delay",
-                            "How long the purge worker pauses between full batches.",
+    DefineCustomIntVariable("pg_idem.purge_delay", "How long the purge worker pauses between full batches.",
                             "Like vacuum's cost delay: the CPU it leaves to the claims while a backlog is purged.",
                             &delay_ms, 10, 0, 10000, PGC_SUSET, GUC_UNIT_MS, nullptr, nullptr, nullptr);
 }
@@ -86,7 +83,8 @@ int64 delete_expired(Oid extension_namespace, TimestampTz now, int64 max_rows, C
         Datum last = pg::result_value(0, 3, &last_null);
         locked += n;
         if (n == limit && !last_null) {
-            ItemPointerCopy(reinterpret_cast<ItemPointer>(DatumGetPointer(last)), &cursor->after[t]);  // more may follow
+            ItemPointerCopy(reinterpret_cast<ItemPointer>(DatumGetPointer(last)),
+                            &cursor->after[t]);  // more may follow
             continue;
         }
         // The end of this table: the next pass starts at its beginning.
@@ -117,8 +115,7 @@ IDEM_SQL_FUNCTION(idem_purge)
     if (!PG_ARGISNULL(0)) {
         int32 arg = PG_GETARG_INT32(0);
         if (arg <= 0)
-            ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-                            errmsg("max_rows must be positive"),
+            ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("max_rows must be positive"),
                             errhint("Pass NULL to purge every expired row.")));
         max_rows = arg;
     }

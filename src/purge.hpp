@@ -16,10 +16,10 @@ extern "C" {
 namespace idem::purge {
 
 // GUCs (README "Operations"); defined from _PG_init.
-extern int interval_ms;   // pg_idem.purge_interval
-extern int batch_size;    // pg_idem.purge_batch_size
-extern int delay_ms;      // pg_idem.purge_delay
-extern char* databases;   // pg_idem.database
+extern int interval_ms;  // pg_idem.purge_interval
+extern int batch_size;  // pg_idem.purge_batch_size
+extern int delay_ms;  // pg_idem.purge_delay
+extern char* databases;  // pg_idem.database
 
 // The settings that can change at any time; from _PG_init.
 void define_gucs();

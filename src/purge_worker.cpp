@@ -105,8 +105,8 @@ void register_workers()
     // also the only time workers can be registered.
     DefineCustomStringVariable("pg_idem.database",
                                "The databases the purge worker cleans, comma-separated; empty for none.",
-                               "Needs pg_idem in shared_preload_libraries; one worker per database.",
-                               &databases, "postgres", PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
+                               "Needs pg_idem in shared_preload_libraries; one worker per database.", &databases,
+                               "postgres", PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
     if (databases == nullptr || databases[0] == '\0')
         return;
     char* list = pstrdup(databases);

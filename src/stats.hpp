@@ -14,9 +14,9 @@ namespace idem::stats {
 enum Event : int {
     claim_new,
     claim_duplicate,
-    claim_wait,          // waited for a transaction holding the key, which then committed
-    claim_in_progress,   // idem_begin(wait => false) answered in_progress
-    request_mismatch,    // IK001
+    claim_wait,  // waited for a transaction holding the key, which then committed
+    claim_in_progress,  // idem_begin(wait => false) answered in_progress
+    request_mismatch,  // IK001
     token_issued,
     token_consumed,
     token_refused,

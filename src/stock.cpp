@@ -28,36 +28,33 @@ namespace {
 
 // ---- Statements -----------------------------------------------------------
 
-pg::Statement load_item = {
-    "SELECT (i.level + coalesce((SELECT sum(l.delta) FROM @extschema@.idem_stock_ledger l "
-    "                            WHERE l.item = i.item), 0))::bigint "
-    "FROM @extschema@.idem_stock_items i WHERE i.item = $1",
-    1, {TEXTOID}};
+pg::Statement load_item = {"SELECT (i.level + coalesce((SELECT sum(l.delta) FROM @extschema@.idem_stock_ledger l "
+                           "                            WHERE l.item = i.item), 0))::bigint "
+                           "FROM @extschema@.idem_stock_items i WHERE i.item = $1",
+                           1,
+                           {TEXTOID}};
 
 // Locks the item's row for a take or an add by row, until the transaction
 // ends; waits for the transaction holding it.
-pg::Statement lock_item = {
-    "SELECT FROM @extschema@.idem_stock_items WHERE item = $1 FOR UPDATE",
-    1, {TEXTOID}};
+pg::Statement lock_item = {"SELECT FROM @extschema@.idem_stock_items WHERE item = $1 FOR UPDATE", 1, {TEXTOID}};
 
-pg::Statement find_item = {
-    "SELECT FROM @extschema@.idem_stock_items WHERE item = $1",
-    1, {TEXTOID}};
+pg::Statement find_item = {"SELECT FROM @extschema@.idem_stock_items WHERE item = $1", 1, {TEXTOID}};
 
 pg::Statement create_item = {
     "INSERT INTO @extschema@.idem_stock_items (item, level) VALUES ($1, 0) ON CONFLICT (item) DO NOTHING",
-    1, {TEXTOID}};
+    1,
+    {TEXTOID}};
 
 pg::Statement append_ledger = {
-    "INSERT INTO @extschema@.idem_stock_ledger (item, delta) VALUES ($1, $2)",
-    2, {TEXTOID, INT8OID}};
+    "INSERT INTO @extschema@.idem_stock_ledger (item, delta) VALUES ($1, $2)", 2, {TEXTOID, INT8OID}};
 
 pg::Statement all_items = {
     "SELECT i.item, (i.level + coalesce(l.delta, 0))::bigint "
     "FROM @extschema@.idem_stock_items i "
     "LEFT JOIN (SELECT item, sum(delta) AS delta FROM @extschema@.idem_stock_ledger GROUP BY item) l "
     "ON l.item = i.item ORDER BY i.item",
-    0, {}};
+    0,
+    {}};
 
 // Moves committed ledger rows into their items' levels, in one statement so
 // that an item's row plus its ledger never changes. It moves every committed
@@ -68,19 +65,19 @@ pg::Statement all_items = {
 // are locked (takes and adds by row in flight, which hold them until their
 // transactions end) are skipped, not waited for, so that an open
 // transaction cannot stall the fold; they are folded in a later round.
-pg::Statement fold_ledger = {
-    "WITH chosen AS MATERIALIZED ( "
-    "       SELECT i.item FROM @extschema@.idem_stock_items i "
-    "       WHERE i.item IN (SELECT item FROM @extschema@.idem_stock_ledger) "
-    "       LIMIT $1 FOR NO KEY UPDATE OF i SKIP LOCKED), "
-    "     moved AS (DELETE FROM @extschema@.idem_stock_ledger l USING chosen c "
-    "               WHERE l.item = c.item "
-    "               RETURNING l.item, l.delta), "
-    "     sums AS (SELECT item, sum(delta) AS delta FROM moved GROUP BY item), "
-    "     applied AS (UPDATE @extschema@.idem_stock_items i SET level = i.level + s.delta "
-    "                 FROM sums s WHERE i.item = s.item) "
-    "SELECT count(*)::bigint FROM moved",
-    1, {INT8OID}};
+pg::Statement fold_ledger = {"WITH chosen AS MATERIALIZED ( "
+                             "       SELECT i.item FROM @extschema@.idem_stock_items i "
+                             "       WHERE i.item IN (SELECT item FROM @extschema@.idem_stock_ledger) "
+                             "       LIMIT $1 FOR NO KEY UPDATE OF i SKIP LOCKED), "
+                             "     moved AS (DELETE FROM @extschema@.idem_stock_ledger l USING chosen c "
+                             "               WHERE l.item = c.item "
+                             "               RETURNING l.item, l.delta), "
+                             "     sums AS (SELECT item, sum(delta) AS delta FROM moved GROUP BY item), "
+                             "     applied AS (UPDATE @extschema@.idem_stock_items i SET level = i.level + s.delta "
+                             "                 FROM sums s WHERE i.item = s.item) "
+                             "SELECT count(*)::bigint FROM moved",
+                             1,
+                             {INT8OID}};
 
 // ---- Arguments ------------------------------------------------------------
 
@@ -148,9 +145,9 @@ StockChange stock_change(FunctionCallInfo fcinfo, const char* function_name)
 
 [[noreturn]] void raise_unknown_item(const StockItem& s)
 {
-    ereport(ERROR, (errcode(ERRCODE_NO_DATA_FOUND),
-                    errmsg("item %s is not stocked", pg::key_for_message(Key{s.item.text})),
-                    errhint("Add units with idem_stock_add() first.")));
+    ereport(ERROR,
+            (errcode(ERRCODE_NO_DATA_FOUND), errmsg("item %s is not stocked", pg::key_for_message(Key{s.item.text})),
+             errhint("Add units with idem_stock_add() first.")));
     pg_unreachable();
 }
 
@@ -309,13 +306,11 @@ Take reserve_take(Held* held, int64 n, int64* level)
 
 void init_preloaded()
 {
-    DefineCustomIntVariable("pg_idem.max_stock_items",
-                            "How many hot-stock items shared memory holds.",
+    DefineCustomIntVariable("pg_idem.max_stock_items", "How many hot-stock items shared memory holds.",
                             "Items with nothing in flight leave shared memory when room is needed, "
                             "and are loaded from the tables again on next use; while there is no room, "
                             "takes and adds of other items lock their rows instead.",
-                            &max_items, 10000, 1, 10000000, PGC_POSTMASTER, 0,
-                            nullptr, nullptr, nullptr);
+                            &max_items, 10000, 1, 10000000, PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
     prev_shmem_request_hook = shmem_request_hook;
     shmem_request_hook = request_shmem;
     prev_shmem_startup_hook = shmem_startup_hook;
@@ -487,4 +482,3 @@ IDEM_SQL_FUNCTION(idem_stock_snapshot)
     SPI_finish();
     return 0;
 }
-

@@ -292,7 +292,8 @@ int64 add_by_row(const StockItem& s, int64 n)
     int64 level = lock_row_level(s);
     Held* held = row_held_for(s);
     int64 if_all_commit;
-    if (pg_add_s64_overflow(level, held->added, &if_all_commit) || pg_add_s64_overflow(if_all_commit, n, &if_all_commit))
+    if (pg_add_s64_overflow(level, held->added, &if_all_commit) ||
+        pg_add_s64_overflow(if_all_commit, n, &if_all_commit))
         raise_beyond_bigint(s, n);
     append_to_ledger(s, n);
     record(held, 0, n);

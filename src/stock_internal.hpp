@@ -136,13 +136,13 @@ struct EntryKey {
 
 struct Entry {
     EntryKey key;
-    int channel;    // its wakeup channel (shared->settled), set when loaded
+    int channel;  // its wakeup channel (shared->settled), set when loaded
     slock_t mutex;  // guards the fields below
     int64 level;
-    int64 in_flight;      // units taken by transactions still running
-    int64 adding;         // units added by transactions still running
-    bool recently_used;   // since the evictor last looked (see evict_pass)
-    bool sleepers;        // a take waits for units of this item to settle
+    int64 in_flight;  // units taken by transactions still running
+    int64 adding;  // units added by transactions still running
+    bool recently_used;  // since the evictor last looked (see evict_pass)
+    bool sleepers;  // a take waits for units of this item to settle
 };
 
 // Entries are evicted and loaded again without a lock held across the load
@@ -189,8 +189,8 @@ extern LWLock* entries_lock;  // guards the membership of `entries`, the evictio
 extern HTAB* entries;
 extern Shared* shared;
 extern Holder* holders;  // one per backend, by compat::backend_slot()
-extern uint64* marks;    // mark_words per backend, by compat::backend_slot()
-extern int max_items;    // pg_idem.max_stock_items
+extern uint64* marks;  // mark_words per backend, by compat::backend_slot()
+extern int max_items;  // pg_idem.max_stock_items
 
 extern shmem_request_hook_type prev_shmem_request_hook;
 extern shmem_startup_hook_type prev_shmem_startup_hook;
@@ -233,9 +233,9 @@ enum class Route { entry, by_row, no_item };
 // the pointers, so no way out of a transaction leaves them dangling.
 struct Held {
     Entry* entry;  // the key in `book`; nullptr in a RowHeld
-    int64 taken;   // units this transaction holds in entry->in_flight (by row: in its ledger rows)
-    int64 added;   // units it holds in entry->adding (by row: in its ledger rows)
-    int newest;    // index of its newest Change, -1 if none
+    int64 taken;  // units this transaction holds in entry->in_flight (by row: in its ledger rows)
+    int64 added;  // units it holds in entry->adding (by row: in its ledger rows)
+    int newest;  // index of its newest Change, -1 if none
 };
 
 // What the transaction holds of an item it took or added by row, in
@@ -255,9 +255,9 @@ struct Change {
     int older;  // index of the same Held's Change in an enclosing subtransaction, or -1
 };
 
-extern HTAB* book;      // Held by entry
+extern HTAB* book;  // Held by entry
 extern bool published;  // this transaction wrote to its Holder
-extern bool sleeping;   // a take's wait may have this backend on a wakeup channel
+extern bool sleeping;  // a take's wait may have this backend on a wakeup channel
 
 // ---- Waiting for units (stock_wait.cpp) -----------------------------------
 

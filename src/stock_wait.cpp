@@ -140,7 +140,7 @@ void wait_for_holder(TransactionId holder, long lock_time_left)
     int nest_level = NewGUCNestLevel();
     char value[32];
     snprintf(value, sizeof value, "%ld", Max(lock_time_left, 1L));
-    (void) set_config_option("lock_timeout", value, PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+    (void)set_config_option("lock_timeout", value, PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
     XactLockTableWait(holder, nullptr, nullptr, XLTW_None);
     AtEOXact_GUC(true, nest_level);
 }
@@ -162,7 +162,7 @@ void wait_for_units(UnitWait* wait, const StockItem& s, TransactionId blocked)
     long timeout = left < 0 ? DeadlockTimeout : Min(left, static_cast<long>(DeadlockTimeout));
     // The first call only puts this backend on the channel and returns, so
     // that no wake-up is lost between the look and the sleep.
-    (void) ConditionVariableTimedSleep(wait->channel, timeout, PG_WAIT_EXTENSION);
+    (void)ConditionVariableTimedSleep(wait->channel, timeout, PG_WAIT_EXTENSION);
 }
 
 }  // namespace idem::stock

@@ -23,7 +23,8 @@ namespace {
 
 pg::Statement insert_token = {
     "INSERT INTO @extschema@.idem_tokens (token, scope, issued_at, expires_at) VALUES ($1, $2, $3, $4)",
-    4, {UUIDOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID}};
+    4,
+    {UUIDOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID}};
 
 // Expired tokens stay until the purge and count as absent: one expired when
 // the call began is not even locked. The DELETE may wait for another
@@ -33,7 +34,8 @@ pg::Statement insert_token = {
 pg::Statement consume_token = {
     "DELETE FROM @extschema@.idem_tokens "
     "WHERE token = $1 AND scope = $2 AND (expires_at IS NULL OR expires_at > $3) RETURNING expires_at",
-    3, {UUIDOID, TEXTOID, TIMESTAMPTZOID}};
+    3,
+    {UUIDOID, TEXTOID, TIMESTAMPTZOID}};
 
 // A random (version 4) UUID from PostgreSQL's strong random source.
 pg_uuid_t random_token()

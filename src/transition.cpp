@@ -6,9 +6,9 @@
 // finds the row already in `to` and changes nothing (false); two racing
 // transitions serialise on the row lock and the second re-checks `state =
 // from` against what the first committed, so exactly one of them moves it.
-#include "pg/guard.hpp"
-#include "pg/args.hpp"
 #include "helper.hpp"
+#include "pg/args.hpp"
+#include "pg/guard.hpp"
 #include "pg/spi.hpp"
 
 extern "C" {
@@ -21,7 +21,6 @@ extern "C" {
 
 namespace idem {
 namespace {
-
 
 // The context line of an error raised while a state argument is read.
 void naming_the_argument(void* arg)
@@ -67,7 +66,8 @@ bool same_state(Datum from, Datum to, const helper::Column& state)
 // it is to_state and from_state, compared as the UPDATE compares.
 enum class Statement { change, look };
 
-SPIPlanPtr plan(Statement which, const helper::RowTarget& target, const helper::Column& state, helper::CachedPlans* plans)
+SPIPlanPtr plan(Statement which, const helper::RowTarget& target, const helper::Column& state,
+                helper::CachedPlans* plans)
 {
     SPIPlanPtr* slot = which == Statement::change ? &plans->change : &plans->look;
     if (*slot == nullptr) {
@@ -113,8 +113,8 @@ IDEM_SQL_FUNCTION(idem_transition)
                         errhint("A transition moves a row from one state to another.")));
 
     pg::connect();
-    helper::CachedPlans* plans =
-        helper::cached_plans(helper::PlanKey{target.relid, target.key_column.att, state.att, target.key_arg_type, helper::Kind::transition});
+    helper::CachedPlans* plans = helper::cached_plans(
+        helper::PlanKey{target.relid, target.key_column.att, state.att, target.key_arg_type, helper::Kind::transition});
     helper::check_target(target, plans);
     Datum values[3] = {target.key, from, to};
     bool isnull, at_to, at_from;
@@ -149,14 +149,14 @@ IDEM_SQL_FUNCTION(idem_transition)
     if (!isnull && at_from)
         ereport(ERROR, (errcode(IDEM_ERRCODE_WRONG_STATE),
                         errmsg("row of \"%s\" with %s = %s is in state %s, but the UPDATE to %s changed nothing",
-                               target.rel_name, target.key_column.name, helper::key_for_message(target),
-                               current_state, quote_literal_cstr(TextDatumGetCString(to))),
+                               target.rel_name, target.key_column.name, helper::key_for_message(target), current_state,
+                               quote_literal_cstr(TextDatumGetCString(to))),
                         errhint("A BEFORE UPDATE trigger or a row-level security policy for UPDATE kept the "
                                 "row as it was, or another transaction moved it back to %s meanwhile.",
                                 from_state)));
     ereport(ERROR, (errcode(IDEM_ERRCODE_WRONG_STATE),
-                    errmsg("row of \"%s\" with %s = %s is in state %s, not %s", target.rel_name,
-                           target.key_column.name, helper::key_for_message(target), current_state, from_state),
+                    errmsg("row of \"%s\" with %s = %s is in state %s, not %s", target.rel_name, target.key_column.name,
+                           helper::key_for_message(target), current_state, from_state),
                     errhint("A transition to \"%s\" starts from \"%s\".", TextDatumGetCString(to),
                             TextDatumGetCString(from))));
     pg_unreachable();

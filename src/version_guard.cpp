@@ -25,9 +25,10 @@ namespace {
 
 [[noreturn]] void misused(const char* why)
 {
-    ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-                    errmsg("idem_version_guard() %s", why),
-                    errhint("CREATE TRIGGER ... BEFORE UPDATE ON t FOR EACH ROW EXECUTE FUNCTION idem_version_guard('version')")));
+    ereport(
+        ERROR,
+        (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED), errmsg("idem_version_guard() %s", why),
+         errhint("CREATE TRIGGER ... BEFORE UPDATE ON t FOR EACH ROW EXECUTE FUNCTION idem_version_guard('version')")));
 }
 
 int64 version_value(Datum d, Oid type)
@@ -102,14 +103,13 @@ IDEM_SQL_FUNCTION(idem_version_guard)
     if (old_null != new_null || old_v != new_v)
         ereport(ERROR, (errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
                         errmsg("stale write to \"%s\": the row is at %s %s, the update was made from %s %s",
-                               RelationGetRelationName(rel), column,
-                               old_null ? "NULL" : psprintf(INT64_FORMAT, old_v), column,
-                               new_null ? "NULL" : psprintf(INT64_FORMAT, new_v)),
+                               RelationGetRelationName(rel), column, old_null ? "NULL" : psprintf(INT64_FORMAT, old_v),
+                               column, new_null ? "NULL" : psprintf(INT64_FORMAT, new_v)),
                         errhint("Read the row again and retry with its current %s.", column)));
     if (old_v == type_max(type))
-        ereport(ERROR, (errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-                        errmsg("%s of \"%s\" cannot go beyond " INT64_FORMAT, column,
-                               RelationGetRelationName(rel), old_v)));
+        ereport(ERROR,
+                (errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+                 errmsg("%s of \"%s\" cannot go beyond " INT64_FORMAT, column, RelationGetRelationName(rel), old_v)));
 
     // A NULL version starts counting at 1.
     int cols[1] = {att};

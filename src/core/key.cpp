@@ -17,8 +17,8 @@ Text checked_text(const char* arg_name, const Text* text, size_t max_bytes)
         throw Error(sqlstate::invalid_parameter_value, std::string(arg_name) + " must not be empty");
     if (text->size > max_bytes)
         throw Error(sqlstate::string_data_right_truncation,
-                    std::string(arg_name) + " is too long: " + std::to_string(text->size) +
-                        " bytes, at most " + std::to_string(max_bytes) + " are allowed");
+                    std::string(arg_name) + " is too long: " + std::to_string(text->size) + " bytes, at most " +
+                        std::to_string(max_bytes) + " are allowed");
     return *text;
 }
 
@@ -51,8 +51,7 @@ void check_ttl(const char* arg_name, int32_t months, int32_t days, int64_t micro
     constexpr __int128 max_usec = __int128(max_ttl_years) * 12 * 30 * usec_per_day;
     __int128 span = __int128(months) * 30 * usec_per_day + __int128(days) * usec_per_day + microseconds;
     if (span <= 0)
-        throw Error(sqlstate::invalid_parameter_value,
-                    std::string(arg_name) + " must be a positive interval",
+        throw Error(sqlstate::invalid_parameter_value, std::string(arg_name) + " must be a positive interval",
                     "Claims and tokens take NULL for no expiry; leases always expire.");
     // Each field on its own too: now() + ttl adds them one at a time.
     auto field_ok = [&](__int128 v) { return v >= -max_usec && v <= max_usec; };

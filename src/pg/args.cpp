@@ -80,13 +80,11 @@ Expiry expiry_at(Ttl ttl, TimestampTz now)
 {
     if (ttl.interval == nullptr)
         return Expiry{true, 0};
-    Datum at = DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(now),
-                                   PointerGetDatum(ttl.interval));
+    Datum at = DirectFunctionCall2(timestamptz_pl_interval, TimestampTzGetDatum(now), PointerGetDatum(ttl.interval));
     if (DatumGetTimestampTz(at) <= now)
-        ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-                        errmsg("%s must be a positive interval", ttl.name),
-                        errdetail("Added to the current time %s, it does not reach past it.",
-                                  timestamptz_to_str(now))));
+        ereport(ERROR,
+                (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("%s must be a positive interval", ttl.name),
+                 errdetail("Added to the current time %s, it does not reach past it.", timestamptz_to_str(now))));
     return Expiry{false, DatumGetTimestampTz(at)};
 }
 

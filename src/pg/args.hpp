@@ -40,7 +40,7 @@ KeyArg key_datum(Datum datum, bool isnull, const char* name);
 
 // A TTL argument: NULL (never expires, where allowed) or a checked interval.
 struct Ttl {
-    const char* name;          // the argument's name, for errors
+    const char* name;  // the argument's name, for errors
     const Interval* interval;  // nullptr: never expires
 };
 // `null_means_never` false makes NULL an error (22004) instead.

@@ -24,8 +24,8 @@ extern "C" {
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_extension.h"
-#include "commands/extension.h"
 #include "catalog/pg_namespace.h"
+#include "commands/extension.h"
 #include "miscadmin.h"
 #include "storage/lockdefs.h"
 #include "storage/proc.h"
@@ -103,8 +103,8 @@ inline Oid extension_schema(const char* extension)
     ScanKeyInit(&key[0], Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(ext));
     SysScanDesc scan = systable_beginscan(rel, ExtensionOidIndexId, true, nullptr, 1, key);
     HeapTuple tuple = systable_getnext(scan);
-    Oid result = HeapTupleIsValid(tuple) ? reinterpret_cast<Form_pg_extension>(GETSTRUCT(tuple))->extnamespace
-                                         : InvalidOid;
+    Oid result =
+        HeapTupleIsValid(tuple) ? reinterpret_cast<Form_pg_extension>(GETSTRUCT(tuple))->extnamespace : InvalidOid;
     systable_endscan(scan);
     table_close(rel, AccessShareLock);
     return result;
@@ -143,8 +143,8 @@ inline int push_catalog_search_path()
     int level = NewGUCNestLevel();
     // pg_temp named last keeps temporary objects from being found first;
     // function and operator look-ups never search pg_temp.
-    (void)set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true,
-                            0, false);
+    (void)set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0,
+                            false);
     return level;
 }
 

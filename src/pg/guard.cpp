@@ -42,19 +42,16 @@ void caught_unexpected(CaughtError* out, const char* what) noexcept
 
 void raise_needs_preload(const char* feature)
 {
-    ereport(ERROR,
-            (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-             errmsg("pg_idem %s needs pg_idem in shared_preload_libraries", feature),
-             errhint("Add pg_idem to shared_preload_libraries in postgresql.conf and restart the server.")));
+    ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                    errmsg("pg_idem %s needs pg_idem in shared_preload_libraries", feature),
+                    errhint("Add pg_idem to shared_preload_libraries in postgresql.conf and restart the server.")));
     pg_unreachable();
 }
 
 void raise(const CaughtError* e)
 {
     ereport(ERROR,
-            (errcode(e->sqlerrcode),
-             errmsg_internal("%s", e->message),
-             e->hint[0] ? errhint("%s", e->hint) : 0));
+            (errcode(e->sqlerrcode), errmsg_internal("%s", e->message), e->hint[0] ? errhint("%s", e->hint) : 0));
     pg_unreachable();
 }
 

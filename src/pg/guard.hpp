@@ -43,7 +43,6 @@ void caught_out_of_memory(CaughtError* out) noexcept;
 void caught_unexpected(CaughtError* out, const char* what) noexcept;
 [[noreturn]] void raise(const CaughtError* e);
 
-
 // 55000 with a hint, for a feature that lives in shared memory: pg_idem
 // must be in shared_preload_libraries.
 [[noreturn]] void raise_needs_preload(const char* feature);
@@ -83,13 +82,13 @@ Datum guarded(Body&& body)
 
 // Defines the SQL-callable function `name` (C linkage, version-1 calling
 // convention): the block that follows is its body, run through guarded().
-#define IDEM_SQL_FUNCTION(name)                                                            \
-    static Datum name##_body(FunctionCallInfo fcinfo);                                     \
-    extern "C" {                                                                           \
-    PG_FUNCTION_INFO_V1(name);                                                             \
-    }                                                                                      \
-    extern "C" Datum name(PG_FUNCTION_ARGS)                                                \
-    {                                                                                      \
-        return idem::pg::guarded([fcinfo]() -> Datum { return name##_body(fcinfo); });     \
-    }                                                                                      \
+#define IDEM_SQL_FUNCTION(name)                                                        \
+    static Datum name##_body(FunctionCallInfo fcinfo);                                 \
+    extern "C" {                                                                       \
+    PG_FUNCTION_INFO_V1(name);                                                         \
+    }                                                                                  \
+    extern "C" Datum name(PG_FUNCTION_ARGS)                                            \
+    {                                                                                  \
+        return idem::pg::guarded([fcinfo]() -> Datum { return name##_body(fcinfo); }); \
+    }                                                                                  \
     static Datum name##_body(FunctionCallInfo fcinfo)

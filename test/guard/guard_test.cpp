@@ -5,8 +5,8 @@
 // an errcontext callback of a frame it unwinds is pushed. Without the guard
 // restoring PG_exception_stack and error_context_stack, the first ERROR
 // after them jumps into, or calls back into, a frame that no longer exists.
-#include "core/error.hpp"
 #include "pg/guard.hpp"
+#include "core/error.hpp"
 
 extern "C" {
 #include "utils/elog.h"

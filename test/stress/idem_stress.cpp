@@ -186,9 +186,9 @@ private:
                     pids_[id] = conn->backendpid();
                 }
                 pqxx::work txn(*conn);
-                pqxx::row row = txn.exec_params1(
-                    "SELECT status, coalesce(order_id, 0), replayed FROM shop.place_order($1, $2, $3)", r.key, r.sku,
-                    r.qty);
+                pqxx::row row =
+                    txn.exec_params1("SELECT status, coalesce(order_id, 0), replayed FROM shop.place_order($1, $2, $3)",
+                                     r.key, r.sku, r.qty);
                 txn.commit();
                 record(request, row[0].as<std::string>(), row[1].as<long>(), row[2].as<bool>());
                 return;
@@ -262,9 +262,11 @@ private:
             if (done_ || opt_.demo)
                 continue;
             double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-            std::fprintf(stderr, "  %5.1f s  %7ld sends  %7ld ordered  %6ld sold out  %7ld replayed  %5ld retries  %5ld reconnects\n",
-                         s, totals_.sends.load(), totals_.ordered.load(), totals_.sold_out.load(),
-                         totals_.replayed.load(), totals_.retries.load(), totals_.reconnects.load());
+            std::fprintf(
+                stderr,
+                "  %5.1f s  %7ld sends  %7ld ordered  %6ld sold out  %7ld replayed  %5ld retries  %5ld reconnects\n", s,
+                totals_.sends.load(), totals_.ordered.load(), totals_.sold_out.load(), totals_.replayed.load(),
+                totals_.retries.load(), totals_.reconnects.load());
         }
     }
 
@@ -320,8 +322,8 @@ private:
                    count(*) FILTER (WHERE stored_status = 'sold out'),
                    count(*) FILTER (WHERE stored_status = 'sold out' AND stock_left >= qty)
             FROM outcome)SQL",
-            array_literal(keys), array_literal(statuses), array_literal(order_ids), array_literal(skus),
-            array_literal(qtys));
+                                               array_literal(keys), array_literal(statuses), array_literal(order_ids),
+                                               array_literal(skus), array_literal(qtys));
         long unanswered = per_request[0].as<long>(), ordered_twice = per_request[1].as<long>(),
              orders_not_as_answered = per_request[2].as<long>(), answers_not_stored = per_request[3].as<long>(),
              orders = per_request[4].as<long>(), sold_out = per_request[5].as<long>(),
@@ -332,7 +334,8 @@ private:
             SELECT (SELECT count(*) FROM shop.orders o WHERE NOT EXISTS (SELECT 1 FROM sent WHERE key = o.request_key))
                  + (SELECT count(*) FROM idem_claims c
                     WHERE c.scope = 'shop.orders' AND NOT EXISTS (SELECT 1 FROM sent WHERE key = c.key)))SQL",
-            array_literal(keys))[0].as<long>();
+                                        array_literal(keys))[0]
+                             .as<long>();
         // Per product: the units its orders hold equal its stock's drop.
         pqxx::row stock = q.exec1(R"SQL(
             SELECT coalesce(min(s.amount), 0),
@@ -353,8 +356,7 @@ private:
              std::to_string(orders) + " ordered + " + std::to_string(sold_out) + " sold out; " +
                  std::to_string(unanswered) + " unanswered, " + std::to_string(ordered_twice) + " ordered twice, " +
                  std::to_string(orders_not_as_answered) + " orders not as answered or asked"},
-            {"every retry got the first attempt's answer",
-             totals_.differing_answers == 0 && answers_not_stored == 0,
+            {"every retry got the first attempt's answer", totals_.differing_answers == 0 && answers_not_stored == 0,
              std::to_string(totals_.differing_answers.load()) + " differing answers, " +
                  std::to_string(answers_not_stored) + " not the stored one"},
             {"every 'sold out' was true", false_sold_out == 0,
@@ -392,7 +394,8 @@ private:
             std::printf("  %s %-44s (%s)\n", c.ok ? "OK  " : "FAIL", c.what, c.detail.c_str());
         if (opt_.demo && all)
             std::printf("\n  Exactly one effect per request: %ld requests, %d outcomes (%ld orders, %ld sold out),"
-                        " stock conserved.\n", sends, opt_.requests, orders, sold_out);
+                        " stock conserved.\n",
+                        sends, opt_.requests, orders, sold_out);
         else if (opt_.demo)
             std::printf("\n  VIOLATED: a request took effect more or less than once.\n");
         return all ? 0 : 1;
@@ -436,17 +439,28 @@ Options parse(int argc, char** argv)
             }
             return argv[++i];
         };
-        if (a == "--dsn") o.dsn = value();
-        else if (a == "--clients") o.clients = std::stoi(value());
-        else if (a == "--requests") o.requests = std::stoi(value());
-        else if (a == "--retry-share") o.retry_share = std::stod(value());
-        else if (a == "--seed") o.seed = static_cast<unsigned>(std::stoul(value()));
-        else if (a == "--stock") o.stock = std::stol(value());
-        else if (a == "--chaos-ms") o.chaos_ms = std::stoi(value());
-        else if (a == "--acked") o.acked_file = value();
-        else if (a == "--give-up") o.give_up_seconds = std::stoi(value());
-        else if (a == "--setup") o.setup_file = value();
-        else if (a == "--demo") o.demo = true;
+        if (a == "--dsn")
+            o.dsn = value();
+        else if (a == "--clients")
+            o.clients = std::stoi(value());
+        else if (a == "--requests")
+            o.requests = std::stoi(value());
+        else if (a == "--retry-share")
+            o.retry_share = std::stod(value());
+        else if (a == "--seed")
+            o.seed = static_cast<unsigned>(std::stoul(value()));
+        else if (a == "--stock")
+            o.stock = std::stol(value());
+        else if (a == "--chaos-ms")
+            o.chaos_ms = std::stoi(value());
+        else if (a == "--acked")
+            o.acked_file = value();
+        else if (a == "--give-up")
+            o.give_up_seconds = std::stoi(value());
+        else if (a == "--setup")
+            o.setup_file = value();
+        else if (a == "--demo")
+            o.demo = true;
         else {
             std::cerr << "usage: idem_stress --dsn DSN [--clients N] [--requests N] [--retry-share F] [--seed N]\n"
                          "                   [--stock N] [--chaos-ms N] [--acked FILE] [--give-up SECONDS]\n"

@@ -32,8 +32,8 @@ struct Batch {
             texts.push_back(idem::Text{s.data(), s.size()});
         order.resize(keys.size());
         first.resize(keys.size());
-        distinct = idem::distinct_in_byte_order(texts.data(), static_cast<int>(keys.size()), order.data(),
-                                                first.data());
+        distinct =
+            idem::distinct_in_byte_order(texts.data(), static_cast<int>(keys.size()), order.data(), first.data());
     }
 };
 
