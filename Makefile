@@ -31,7 +31,7 @@ PG_CXXFLAGS = -std=c++17 -Wall -Wextra -Wno-register -Wno-missing-field-initiali
               -Wno-unused-parameter $(if $(WERROR),-Werror)
 PG_CPPFLAGS = -I$(srcdir)/src -MMD -MP
 SHLIB_LINK  = -lstdc++
-EXTRA_CLEAN = $(SRCS:.cpp=.d) results output_iso regression.diffs regression.out $(STRESS) $(UNIT)
+EXTRA_CLEAN = $(SRCS:.cpp=.d) results output_iso regression.diffs regression.out $(STRESS) $(PROTOCOL) $(UNIT)
 
 # Debian's server is built with LLVM, and the bitcode rule would compile our
 # sources with clang without PG_CXXFLAGS. pg_idem's functions spend their time
@@ -53,6 +53,11 @@ endif
 
 include $(PGXS)
 
+# The regression and isolation tests claim one statement at a time, to show
+# each step, in autocommit: pg_idem refuses that by default, and
+# sql/claim_autocommit.sql tests the default.
+installcheck: export PGOPTIONS += -c pg_idem.allow_autocommit=on
+
 $(DATA_built): $(INSTALL_SQL) Makefile
 	cat $(INSTALL_SQL) > $@
 
@@ -69,6 +74,14 @@ stress: $(STRESS)
 # stay warnings.
 $(STRESS): test/stress/idem_stress.cpp
 	$(CXX) -std=c++17 -O2 -Wall -Wextra $(if $(WERROR),-Werror -Wno-error=deprecated-declarations) -o $@ $< -lpqxx -lpq -pthread
+
+# The wire-protocol test of pg_idem.allow_autocommit (test/protocol): a libpq
+# client, so that each protocol is exactly what a driver sends.
+PROTOCOL = test/protocol/autocommit
+.PHONY: protocol
+protocol: $(PROTOCOL)
+$(PROTOCOL): test/protocol/autocommit.cpp
+	$(CXX) -std=c++17 -O2 -Wall -Wextra $(if $(WERROR),-Werror) -I$(shell $(PG_CONFIG) --includedir) -o $@ $< -lpq
 
 # Unit tests of the plain C++ in src/core, which needs no server: `make unit`
 # builds and runs them. Each test/unit/NAME_test.cpp tests src/core/NAME.cpp.

@@ -45,7 +45,10 @@ COMMIT;
 -- TTL: the row remembers when the claim ends.
 SELECT idem_claim('order-5', 'default', '1 hour');
 SELECT expires_at - claimed_at AS ttl FROM idem_claims WHERE key = 'order-5';
-SELECT expires_at IS NULL AS forever FROM idem_claims WHERE key = 'order-1' AND scope = 'default';
+-- An omitted ttl is pg_idem.default_ttl (24 hours); ttl => NULL is forever.
+SELECT expires_at - claimed_at AS default_ttl FROM idem_claims WHERE key = 'order-1' AND scope = 'default';
+SELECT idem_claim('order-6', ttl => NULL);
+SELECT expires_at IS NULL AS forever FROM idem_claims WHERE key = 'order-6';
 
 -- Expiry is judged by the server's clock, not by the transaction's start:
 -- inside one transaction a 1 ms claim has expired 10 ms later and can be
@@ -62,7 +65,7 @@ COMMIT;
 SELECT idem_claim('lapsed', 'default', '1 millisecond');
 SELECT pg_sleep(0.01);
 SELECT count(*) AS still_stored FROM idem_claims WHERE key = 'lapsed';
-SELECT idem_claim('lapsed');
+SELECT idem_claim('lapsed', ttl => NULL);
 SELECT idem_claim('lapsed');
 SELECT expires_at IS NULL AS renewed_forever FROM idem_claims WHERE key = 'lapsed';
 

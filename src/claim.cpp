@@ -1,5 +1,6 @@
 // Claims: the shared dedup table idem_claims and the functions that use it
-// (SPEC "Claims"): idem_claim, idem_begin, idem_finish, idem_forget.
+// (SPEC "Claims"): idem_claim, idem_begin, idem_finish, idem_forget,
+// idem_status.
 //
 // A claim is a row of idem_claims, written by the caller's transaction, so it
 // commits or rolls back with the business write. The primary key on key_hash
@@ -80,6 +81,12 @@ Statement forget_claim = {"DELETE FROM @extschema@.idem_claims "
                           3,
                           {TEXTOID, TEXTOID, UUIDOID}};
 
+// What idem_status shows: a plain read, which takes no lock and never waits.
+Statement read_claim = {"SELECT claimed_at, expires_at, response "
+                        "FROM @extschema@.idem_claims WHERE key_hash = $3 AND scope = $1 AND key = $2",
+                        3,
+                        {TEXTOID, TEXTOID, UUIDOID}};
+
 // A claim that keeps changing under us (renewed, forgotten, renewed again)
 // cannot loop forever: after this many rounds the caller retries (40001).
 constexpr int max_claim_rounds = 100;
@@ -157,10 +164,12 @@ bool granted_late(TimestampTz asked, TimestampTz* now)
     return *now - asked > grant_slack_usec;
 }
 
+namespace {
+
 // The heart of claiming; runs inside SPI_connect. Every decision is judged
 // by the clock at the moment it is made: a statement may have waited for
 // another transaction, and a claim may have expired meanwhile.
-ClaimOutcome claim_core(const ClaimRequest& r, FunctionCallInfo fcinfo, MemoryContext result_cxt)
+ClaimOutcome claim_rounds(const ClaimRequest& r, FunctionCallInfo fcinfo, MemoryContext result_cxt)
 {
     const char fingerprint_null = r.has_fingerprint ? ' ' : 'n';
     for (int round = 0; round < max_claim_rounds; round++) {
@@ -230,6 +239,15 @@ ClaimOutcome claim_core(const ClaimRequest& r, FunctionCallInfo fcinfo, MemoryCo
     pg_unreachable();
 }
 
+}  // namespace
+
+// The claim's waits for the key's holder end after pg_idem.wait_timeout,
+// and their 55P03 names the key.
+ClaimOutcome claim_core(const ClaimRequest& r, FunctionCallInfo fcinfo, MemoryContext result_cxt)
+{
+    return with_wait_timeout<ClaimOutcome>(&r.key, r.scope, [&] { return claim_rounds(r, fcinfo, result_cxt); });
+}
+
 namespace {
 
 // The (key, scope) of idem_finish and idem_forget, arguments 0 and 1.
@@ -272,6 +290,7 @@ IDEM_SQL_FUNCTION(idem_claim)
 {
     PreventCommandIfReadOnly("idem_claim()");
     ClaimRequest r = claim_request(fcinfo, pg::key_arg(fcinfo, 0, "key"), 1, 2);
+    note_autocommit(fcinfo, "idem_claim()", &r.key, r.scope);
     pg::connect();
     ClaimOutcome outcome = claim_core(r, fcinfo, nullptr);
     SPI_finish();
@@ -290,6 +309,7 @@ IDEM_SQL_FUNCTION(idem_begin)
     }
     pg::require_arg(fcinfo, 4, "wait");
     bool wait = PG_GETARG_BOOL(4);
+    note_autocommit(fcinfo, "idem_begin()", &r.key, r.scope);
 
     InitMaterializedSRF(fcinfo, 0);
     MemoryContext cxt = CurrentMemoryContext;
@@ -316,6 +336,8 @@ IDEM_SQL_FUNCTION(idem_finish)
 
     bool held = false;
     pg::connect();
+    if (!PG_ARGISNULL(2))
+        check_response_size(PG_GETARG_DATUM(2), k.key, k.scope);
     if (own_claims::holds(k.hash)) {
         Datum values[4] = {k.scope.datum, k.key.datum, PG_GETARG_DATUM(2), UUIDPGetDatum(&k.hash)};
         const char nulls[4] = {' ', ' ', PG_ARGISNULL(2) ? 'n' : ' ', ' '};
@@ -348,4 +370,44 @@ IDEM_SQL_FUNCTION(idem_forget)
     }
     SPI_finish();
     return BoolGetDatum(existed);
+}
+
+// idem_status(key text, scope text DEFAULT 'default')
+//   RETURNS TABLE (status text, claimed_at timestamptz, expires_at timestamptz, response jsonb)
+//
+// One row: absent (no committed row, or an expired one) or done. A claim
+// that another transaction has not committed is invisible here, as to any
+// reader.
+IDEM_SQL_FUNCTION(idem_status)
+{
+    KeyInScope k = key_in_scope(fcinfo);
+    InitMaterializedSRF(fcinfo, 0);
+    MemoryContext cxt = CurrentMemoryContext;
+    Datum values[4] = {CStringGetTextDatum("absent"), 0, 0, 0};
+    bool nulls[4] = {false, true, true, true};
+    pg::connect();
+    Datum key_values[3] = {k.scope.datum, k.key.datum, UUIDPGetDatum(&k.hash)};
+    if (pg::run(read_claim, fcinfo, key_values, nullptr) == 1) {
+        bool never_expires, isnull, response_null;
+        TimestampTz claimed_at = DatumGetTimestampTz(pg::result_value(0, 1, &isnull));
+        TimestampTz expires_at = DatumGetTimestampTz(pg::result_value(0, 2, &never_expires));
+        Datum response = pg::result_value(0, 3, &response_null);
+        if (is_live(never_expires, expires_at, GetCurrentTimestamp())) {
+            MemoryContext old = MemoryContextSwitchTo(cxt);
+            values[0] = CStringGetTextDatum("done");
+            values[1] = TimestampTzGetDatum(claimed_at);
+            nulls[1] = false;
+            values[2] = TimestampTzGetDatum(expires_at);
+            nulls[2] = never_expires;
+            if (!response_null) {
+                values[3] = PointerGetDatum(PG_DETOAST_DATUM_COPY(response));
+                nulls[3] = false;
+            }
+            MemoryContextSwitchTo(old);
+        }
+    }
+    SPI_finish();
+    auto* rsinfo = reinterpret_cast<ReturnSetInfo*>(fcinfo->resultinfo);
+    tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+    return 0;
 }

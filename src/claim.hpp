@@ -7,6 +7,8 @@
 #include "pg/args.hpp"
 
 extern "C" {
+#include "storage/proc.h"
+#include "utils/memutils.h"
 #include "utils/uuid.h"
 }
 
@@ -44,6 +46,46 @@ ClaimOutcome claim_core(const ClaimRequest& r, FunctionCallInfo fcinfo, MemoryCo
 // The same without waiting for another transaction that holds the key:
 // in_progress instead (claim_nowait.cpp).
 ClaimOutcome claim_nowait(const ClaimRequest& r, FunctionCallInfo fcinfo, MemoryContext result_cxt);
+
+// Settings (claim_settings.cpp), defined by _PG_init whether preloaded or not.
+void define_settings();
+// lock_timeout while a claim runs: the smaller of `lock_timeout_ms` and
+// pg_idem.wait_timeout, 0 counting as no limit.
+int lock_timeout_for_claim(int lock_timeout_ms);
+// From a PG_CATCH around a claim's statements: re-raises the error, a lock
+// wait that ran out as 55P03 naming `key` (nullptr: a batch's) and `scope`.
+[[noreturn]] void rethrow_claim_error(const pg::KeyArg* key, const pg::ScopeArg& scope, MemoryContext cxt);
+// 54000 when a response is larger than pg_idem.max_response_size.
+void check_response_size(Datum response, const pg::KeyArg& key, const pg::ScopeArg& scope);
+
+// Runs `body`, a claim's statements, with their lock waits bounded by
+// pg_idem.wait_timeout (claim_settings.cpp says how).
+template <typename T, typename Body>
+T with_wait_timeout(const pg::KeyArg* key, const pg::ScopeArg& scope, Body&& body)
+{
+    MemoryContext cxt = CurrentMemoryContext;
+    const int lock_timeout = LockTimeout;
+    T result{};
+    LockTimeout = lock_timeout_for_claim(lock_timeout);
+    PG_TRY();
+    {
+        result = body();
+    }
+    PG_CATCH();
+    {
+        LockTimeout = lock_timeout;
+        rethrow_claim_error(key, scope, cxt);
+    }
+    PG_END_TRY();
+    LockTimeout = lock_timeout;
+    return result;
+}
+
+// A client's own statement that claims outside a transaction block
+// (claim_autocommit.cpp): noted, and its transaction fails with 25P01 at
+// commit if no statement followed it.
+void define_autocommit_setting();
+void note_autocommit(FunctionCallInfo fcinfo, const char* function, const pg::KeyArg* key, const pg::ScopeArg& scope);
 
 // The TTL counts from when the claim is granted. A statement that claimed
 // rows with claimed_at = `asked` may have waited for another transaction

@@ -88,7 +88,8 @@ void claim_chunk(Batch& b, int from, int to, const ClaimRequest& base, FunctionC
                        PointerGetDatum(construct_array(key_datums, n, TEXTOID, -1, false, TYPALIGN_INT)),
                        PointerGetDatum(construct_array(hash_datums, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR))};
     const char nulls[5] = {' ', ' ', expiry.never ? 'n' : ' ', ' ', ' '};
-    uint64 inserted = pg::run(insert_claims, fcinfo, values, nulls);
+    uint64 inserted =
+        with_wait_timeout<uint64>(nullptr, base.scope, [&] { return pg::run(insert_claims, fcinfo, values, nulls); });
     SPITupleTable* returned = SPI_tuptable;
 
     // The inserted hashes come back in the chunk's order: walk both (and
@@ -171,6 +172,7 @@ IDEM_SQL_FUNCTION(idem_claim_many)
     // Validate every element before claiming any, naming the bad one.
     int room = Max(b.n, 1);
     ClaimRequest base = claim_request(fcinfo, pg::KeyArg{0, Key{{"", 0}}}, 1, 2);
+    note_autocommit(fcinfo, "idem_claim_many()", nullptr, base.scope);
     b.keys = static_cast<pg::KeyArg*>(palloc(sizeof(pg::KeyArg) * room));
     b.hashes = static_cast<pg_uuid_t*>(palloc(sizeof(pg_uuid_t) * room));
     auto* texts = static_cast<Text*>(palloc(sizeof(Text) * room));

@@ -1,4 +1,5 @@
 // pg_idem's module entry: _PG_init only registers things.
+#include "claim.hpp"
 #include "helper.hpp"
 #include "own_claims.hpp"
 #include "pg/guard.hpp"
@@ -20,6 +21,7 @@ void _PG_init(void)
         idem::own_claims::init();
         idem::helper::init();
         idem::purge::define_gucs();
+        idem::claims::define_settings();
         // Shared memory and background workers exist only when the library
         // is loaded at server start; claims need neither.
         if (process_shared_preload_libraries_in_progress) {

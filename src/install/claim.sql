@@ -29,13 +29,21 @@ COMMENT ON TABLE @extschema@.idem_claims IS
 REVOKE ALL ON @extschema@.idem_claims FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.idem_claims', '');
 
-CREATE FUNCTION @extschema@.idem_claim(key text, scope text DEFAULT 'default', ttl interval DEFAULT NULL)
+-- pg_idem.default_ttl: the default of every omitted ttl below. An explicit
+-- ttl => NULL claims a key forever.
+CREATE FUNCTION @extschema@.idem_default_ttl()
+RETURNS interval
+AS 'MODULE_PATHNAME', 'idem_default_ttl'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+CREATE FUNCTION @extschema@.idem_claim(
+    key text, scope text DEFAULT 'default', ttl interval DEFAULT @extschema@.idem_default_ttl())
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'idem_claim'
 LANGUAGE C VOLATILE SECURITY DEFINER;
 
 CREATE FUNCTION @extschema@.idem_begin(
-    key text, scope text DEFAULT 'default', ttl interval DEFAULT NULL,
+    key text, scope text DEFAULT 'default', ttl interval DEFAULT @extschema@.idem_default_ttl(),
     request jsonb DEFAULT NULL, wait boolean DEFAULT true)
 RETURNS TABLE (status text, response jsonb)
 AS 'MODULE_PATHNAME', 'idem_begin'
@@ -46,10 +54,17 @@ RETURNS void
 AS 'MODULE_PATHNAME', 'idem_finish'
 LANGUAGE C VOLATILE SECURITY DEFINER;
 
-CREATE FUNCTION @extschema@.idem_claim_many(keys text[], scope text DEFAULT 'default', ttl interval DEFAULT NULL)
+CREATE FUNCTION @extschema@.idem_claim_many(
+    keys text[], scope text DEFAULT 'default', ttl interval DEFAULT @extschema@.idem_default_ttl())
 RETURNS TABLE (key text, claimed boolean)
 AS 'MODULE_PATHNAME', 'idem_claim_many'
 LANGUAGE C VOLATILE SECURITY DEFINER;
+
+-- A look-up by the index that changes nothing: for support staff and clients.
+CREATE FUNCTION @extschema@.idem_status(key text, scope text DEFAULT 'default')
+RETURNS TABLE (status text, claimed_at timestamptz, expires_at timestamptz, response jsonb)
+AS 'MODULE_PATHNAME', 'idem_status'
+LANGUAGE C STABLE SECURITY DEFINER ROWS 1;
 
 -- For an operator who wants a request to run again: not for PUBLIC.
 CREATE FUNCTION @extschema@.idem_forget(key text, scope text DEFAULT 'default')

@@ -4,7 +4,7 @@
 
 BEGIN;
 CREATE EXTENSION pg_idem;
-SELECT plan(42);
+SELECT plan(48);
 
 -- Functions exist with the SPEC's signatures and return types.
 SELECT has_function('idem_claim', ARRAY['text', 'text', 'interval']);
@@ -17,8 +17,13 @@ SELECT has_function('idem_claim_many', ARRAY['text[]', 'text', 'interval']);
 SELECT has_function('idem_forget', ARRAY['text', 'text']);
 SELECT function_returns('idem_forget', ARRAY['text', 'text'], 'boolean');
 SELECT is((SELECT pg_get_function_arguments('idem_claim(text,text,interval)'::regprocedure)),
-          'key text, scope text DEFAULT ''default''::text, ttl interval DEFAULT NULL::interval',
-          'idem_claim defaults: scope ''default'', ttl NULL');
+          'key text, scope text DEFAULT ''default''::text, ttl interval DEFAULT idem_default_ttl()',
+          'idem_claim defaults: scope ''default'', ttl pg_idem.default_ttl');
+SELECT function_returns('idem_default_ttl', ARRAY[]::text[], 'interval');
+SELECT has_function('idem_status', ARRAY['text', 'text']);
+SELECT is((SELECT pg_get_function_result('idem_status(text,text)'::regprocedure)),
+          'TABLE(status text, claimed_at timestamp with time zone, expires_at timestamp with time zone, response jsonb)',
+          'idem_status returns (status, claimed_at, expires_at, response)');
 SELECT is((SELECT pg_get_function_result('idem_begin(text,text,interval,jsonb,boolean)'::regprocedure)),
           'TABLE(status text, response jsonb)', 'idem_begin returns (status, response)');
 
@@ -32,6 +37,7 @@ SELECT is_definer('idem_finish', ARRAY['text', 'text', 'jsonb']);
 SELECT is_definer('idem_claim_many', ARRAY['text[]', 'text', 'interval']);
 SELECT is_definer('idem_forget', ARRAY['text', 'text']);
 SELECT isnt_definer('idem_key_hash', ARRAY['text', 'text']);
+SELECT is_definer('idem_status', ARRAY['text', 'text']);
 SELECT is(
     (SELECT array_agg(p.oid::regprocedure::text ORDER BY 1) FROM pg_proc p
      JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
@@ -55,19 +61,22 @@ SELECT table_privs_are('idem_claims', 'public', ARRAY[]::text[], 'PUBLIC has no 
 SELECT ok((SELECT extconfig @> ARRAY['idem_claims'::regclass::oid] FROM pg_extension WHERE extname = 'pg_idem'),
           'idem_claims is a configuration table, so pg_dump keeps its rows');
 
--- EXECUTE: PUBLIC for the request path, not for idem_forget (it re-enables a request).
+-- EXECUTE: PUBLIC for the request path and idem_status (it shows a key only
+-- to a caller that names it), not for idem_forget (it re-enables a request).
 CREATE ROLE idem_tap_app LOGIN;
 SELECT function_privs_are('idem_claim', ARRAY['text', 'text', 'interval'], 'idem_tap_app', ARRAY['EXECUTE']);
 SELECT function_privs_are('idem_begin', ARRAY['text', 'text', 'interval', 'jsonb', 'boolean'], 'idem_tap_app', ARRAY['EXECUTE']);
 SELECT function_privs_are('idem_finish', ARRAY['text', 'text', 'jsonb'], 'idem_tap_app', ARRAY['EXECUTE']);
 SELECT function_privs_are('idem_claim_many', ARRAY['text[]', 'text', 'interval'], 'idem_tap_app', ARRAY['EXECUTE']);
 SELECT function_privs_are('idem_forget', ARRAY['text', 'text'], 'idem_tap_app', ARRAY[]::text[]);
+SELECT function_privs_are('idem_status', ARRAY['text', 'text'], 'idem_tap_app', ARRAY['EXECUTE']);
 
 -- What that means for an ordinary role: it claims through the functions and
 -- cannot touch the table.
 SET ROLE idem_tap_app;
 SELECT is(idem_claim('tap-key'), true, 'an ordinary role claims through idem_claim');
 SELECT throws_ok($$SELECT * FROM idem_claims$$, '42501', NULL, 'an ordinary role cannot read idem_claims');
+SELECT is((SELECT status FROM idem_status('tap-key')), 'done', 'an ordinary role looks a key up with idem_status');
 SELECT throws_ok($$DELETE FROM idem_claims$$, '42501', NULL, 'an ordinary role cannot delete claims');
 SELECT throws_ok($$SELECT idem_forget('tap-key')$$, '42501', NULL, 'an ordinary role cannot forget claims');
 RESET ROLE;
