@@ -270,6 +270,21 @@ SELECT pg_temp.error_of($$SELECT idem_decrement('stock_policies', 'sku', 99, 'am
 RESET ROLE;
 SELECT sku, amount FROM stock_policies ORDER BY sku;
 
+-- Keys sent as text, as drivers send untyped parameters (node-postgres,
+-- psycopg): the text overload takes them and reads them as the key
+-- column's type; a string that type cannot read names the key.
+UPDATE stock SET amount = 10 WHERE sku = 42;
+PREPARE take_untyped AS SELECT idem_decrement('stock', 'sku', $1, 'amount', 1);
+EXECUTE take_untyped('42');
+SELECT idem_decrement('stock', 'sku', '42', 'amount', 1) AS untyped_literal;
+EXECUTE take_untyped('4x2');
+SELECT pg_temp.error_of($$EXECUTE take_untyped('42.5')$$) AS not_exact;
+DEALLOCATE take_untyped;
+-- Mistakes name the argument and suggest the fix: swapped columns, a
+-- column that does not exist (with the table's columns in the hint).
+SELECT idem_decrement('stock', 'amount', 42, 'sku', 1);
+SELECT idem_decrement('stock', 'skew', 42, 'amount', 1);
+
 DROP TABLE stock, wallet, purse, stock_by_name, stock_by_code, stock_by_bits, stock_big, stock_exact, stock_by_day,
     stock_by_time, stock_by_decimal, stock_by_float, stock_parent, stock_child, stock_parted, stock_deferrable,
     stock_audit, stock_instead, stock_nothing, stock_also, stock_held, stock_policies, stock_nulled, stock_log, two_col_key, partial_key, expr_key, texty, "Odd ""Table""" CASCADE;

@@ -125,6 +125,14 @@ SELECT sql, pg_temp.error_of(sql) FROM unnest(ARRAY[
     $$SELECT idem_transition('orders', 'id', 1.5, 'state', 'created', 'paid')$$
 ]) AS sql;
 
+-- A key sent as text (an untyped parameter) is read as the key column's type.
+PREPARE move_untyped AS SELECT idem_transition('orders', 'id', $1, 'state', 'paid', 'shipped');
+EXECUTE move_untyped('2');
+EXECUTE move_untyped('2');
+DEALLOCATE move_untyped;
+-- Swapped key and state columns: the hint says so.
+SELECT idem_transition('orders', 'state', 'created', 'id', '1', '2');
+
 DROP TABLE orders, typed_orders, tickets, padded, parent_orders, child_orders, frozen_orders, flags, held_orders,
     shared_orders, no_key;
 DROP SEQUENCE trigger_calls;

@@ -149,7 +149,7 @@ IDEM_SQL_FUNCTION(idem_decrement)
     pg::connect();
     helper::CachedPlans* plans = helper::cached_plans(
         helper::PlanKey{target.relid, target.key_column.att, amount.att, target.key_arg_type, helper::Kind::decrement});
-    helper::check_target(target, plans);
+    helper::check_target(target, amount, "amount_column", plans);
     Datum values[2] = {target.key, by};
     for (int attempt = 1;; attempt++) {
         if (helper::run_change(target, change_plan(target, amount, plans), values) == 1) {

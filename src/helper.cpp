@@ -6,9 +6,11 @@ extern "C" {
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "catalog/pg_attribute.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "nodes/pg_list.h"
 #include "parser/parse_coerce.h"
@@ -168,14 +170,62 @@ bool update_is_replaced_by_rule(Relation rel)
     pg_unreachable();
 }
 
-Column column_of(Oid relid, const char* rel_name, Name name)
+// The table's columns, for a hint: "a, b, c" (the first 20).
+const char* column_list(Oid relid)
+{
+    StringInfoData list;
+    initStringInfo(&list);
+    int n = 0;
+    for (AttrNumber att = 1; n < 20; att++) {
+        HeapTuple tuple = SearchSysCache2(ATTNUM, ObjectIdGetDatum(relid), Int16GetDatum(att));
+        if (!HeapTupleIsValid(tuple))
+            break;
+        auto* attr = reinterpret_cast<Form_pg_attribute>(GETSTRUCT(tuple));
+        if (!attr->attisdropped)
+            appendStringInfo(&list, "%s%s", n++ > 0 ? ", " : "", quote_identifier(NameStr(attr->attname)));
+        ReleaseSysCache(tuple);
+    }
+    return list.data;
+}
+
+// The context line of an error raised while a text key is read.
+void reading_the_key(void* arg)
+{
+    auto* t = static_cast<const RowTarget*>(arg);
+    errcontext("reading key as a value of column \"%s\" (%s) of \"%s\"", t->key_column.name,
+               format_type_be(t->key_column.declared_type), t->rel_name);
+}
+
+// A key passed as a string (an untyped parameter, say) for a column of
+// another type, read by that type's input function: a string it cannot read
+// is the type's own error (22P02), with a context line naming the key.
+Datum key_from_text(const RowTarget& t, Datum string_value, Oid string_type)
+{
+    Oid output;
+    bool varlena;
+    getTypeOutputInfo(string_type, &output, &varlena);
+    char* string = OidOutputFunctionCall(output, string_value);
+    Oid input, ioparam;
+    getTypeInputInfo(t.key_column.declared_type, &input, &ioparam);
+    ErrorContextCallback context;
+    context.callback = reading_the_key;
+    context.arg = const_cast<RowTarget*>(&t);
+    context.previous = error_context_stack;
+    error_context_stack = &context;
+    Datum value = OidInputFunctionCall(input, string, ioparam, -1);
+    error_context_stack = context.previous;
+    return value;
+}
+
+Column column_of(Oid relid, const char* rel_name, Name name, const char* arg_name)
 {
     Column c;
     c.name = NameStr(*name);
     c.att = get_attnum(relid, c.name);
     if (c.att == InvalidAttrNumber || c.att < 0)
         ereport(ERROR, (errcode(ERRCODE_UNDEFINED_COLUMN),
-                        errmsg("column \"%s\" of relation \"%s\" does not exist", c.name, rel_name)));
+                        errmsg("%s: column \"%s\" of relation \"%s\" does not exist", arg_name, c.name, rel_name),
+                        errhint("The columns of \"%s\" are %s.", rel_name, column_list(relid))));
     Oid type;
     int32 typmod;
     Oid collation;
@@ -293,12 +343,18 @@ RowTarget row_target(FunctionCallInfo fcinfo, int rel_argno, int key_column_argn
     t.rel_sql = quote_qualified_identifier(get_namespace_name(get_rel_namespace(t.relid)), t.rel_name);
     t.target_sql = kind == RELKIND_RELATION ? psprintf("ONLY %s", t.rel_sql) : t.rel_sql;
 
-    t.key_column = column_of(t.relid, t.rel_name, name_arg(fcinfo, key_column_argno, "key_column"));
+    t.key_column = column_of(t.relid, t.rel_name, name_arg(fcinfo, key_column_argno, "key_column"), "key_column");
     const Column& key_column = t.key_column;
 
     pg::require_arg(fcinfo, key_argno, "key");
     t.key = PG_GETARG_DATUM(key_argno);
     t.key_arg_type = get_fn_expr_argtype(fcinfo->flinfo, key_argno);
+    Oid given_type = getBaseType(t.key_arg_type);
+    if (TypeCategory(given_type) == TYPCATEGORY_STRING && given_type != key_column.type &&
+        !IsBinaryCoercible(given_type, key_column.type)) {
+        t.key = key_from_text(t, t.key, given_type);
+        t.key_arg_type = key_column.declared_type;
+    }
     Oid key_type = getBaseType(t.key_arg_type);
     if (!key_converts_exactly(key_type, key_column.type)) {
         bool by_rounding = can_coerce_type(1, &key_type, &key_column.type, COERCION_ASSIGNMENT);
@@ -317,7 +373,7 @@ RowTarget row_target(FunctionCallInfo fcinfo, int rel_argno, int key_column_argn
 
 Column target_column(const RowTarget& target, FunctionCallInfo fcinfo, int argno, const char* arg_name)
 {
-    return column_of(target.relid, target.rel_name, name_arg(fcinfo, argno, arg_name));
+    return column_of(target.relid, target.rel_name, name_arg(fcinfo, argno, arg_name), arg_name);
 }
 
 const char* key_condition(const RowTarget& t)
@@ -365,14 +421,21 @@ CachedPlans* cached_plans(const PlanKey& key)
     return entry;
 }
 
-void check_target(const RowTarget& t, CachedPlans* plans)
+void check_target(const RowTarget& t, const Column& value_column, const char* value_arg, CachedPlans* plans)
 {
     if (plans->target_checked)
         return;
     Relation rel = table_open(t.relid, NoLock);  // locked by row_target()
     bool unique = has_unique_index_on(rel, t.key_column.att);
+    bool swapped = !unique && has_unique_index_on(rel, value_column.att);
     bool replaced = update_is_replaced_by_rule(rel);
     table_close(rel, NoLock);
+    if (swapped)
+        ereport(ERROR, (errcode(ERRCODE_INVALID_COLUMN_REFERENCE),
+                        errmsg("key_column \"%s\" of \"%s\" has no unique index or primary key of its own",
+                               t.key_column.name, t.rel_name),
+                        errhint("%s \"%s\" has one: are key_column and %s swapped? The key column comes first.",
+                                value_arg, value_column.name, value_arg)));
     if (!unique)
         ereport(ERROR, (errcode(ERRCODE_INVALID_COLUMN_REFERENCE),
                         errmsg("key_column \"%s\" of \"%s\" has no unique index or primary key of its own",

@@ -101,8 +101,9 @@ CachedPlans* cached_plans(const PlanKey& key);
 // key column carries a unique index or primary key on exactly that column,
 // immediate (a DEFERRABLE one lets two rows share a key until commit),
 // without predicate or expression; 0A000 if an ON UPDATE DO INSTEAD rule
-// replaces the UPDATE.
-void check_target(const RowTarget& target, CachedPlans* plans);
+// replaces the UPDATE. When `value_column` (argument `value_arg`: the amount
+// or state column) is the one with the index, the hint says they look swapped.
+void check_target(const RowTarget& target, const Column& value_column, const char* value_arg, CachedPlans* plans);
 // Runs a helper's UPDATE ... RETURNING and returns how many rows it changed:
 // 0 or 1. More would mean the key did not address one row after all: 21000,
 // which aborts the write rather than report or repeat it.

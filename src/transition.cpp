@@ -115,7 +115,7 @@ IDEM_SQL_FUNCTION(idem_transition)
     pg::connect();
     helper::CachedPlans* plans = helper::cached_plans(
         helper::PlanKey{target.relid, target.key_column.att, state.att, target.key_arg_type, helper::Kind::transition});
-    helper::check_target(target, plans);
+    helper::check_target(target, state, "state_column", plans);
     Datum values[3] = {target.key, from, to};
     bool isnull, at_to, at_from;
     const char* current_state;

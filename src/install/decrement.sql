@@ -9,3 +9,12 @@ CREATE FUNCTION @extschema@.idem_decrement(rel regclass, key_column name, key an
 RETURNS numeric
 AS 'MODULE_PATHNAME', 'idem_decrement'
 LANGUAGE C VOLATILE;
+
+-- The same with the key as text: drivers send untyped parameters as text
+-- (node-postgres, psycopg), which the anyelement form cannot resolve. The
+-- key is converted to the key column's type exactly, or refused (22P02).
+CREATE FUNCTION @extschema@.idem_decrement(rel regclass, key_column name, key text,
+                                           amount_column name, n numeric)
+RETURNS numeric
+AS 'MODULE_PATHNAME', 'idem_decrement'
+LANGUAGE C VOLATILE;

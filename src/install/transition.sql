@@ -7,3 +7,10 @@ CREATE FUNCTION @extschema@.idem_transition(rel regclass, key_column name, key a
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'idem_transition'
 LANGUAGE C VOLATILE;
+
+-- The same with the key as text (see idem_decrement's).
+CREATE FUNCTION @extschema@.idem_transition(rel regclass, key_column name, key text,
+                                            state_column name, from_state text, to_state text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'idem_transition'
+LANGUAGE C VOLATILE;
