@@ -68,7 +68,7 @@ bool check_default_ttl(char** newval, void** extra, GucSource)
         GUC_check_errdetail("pg_idem.default_ttl must be positive; an explicit ttl => NULL claims a key forever.");
         return false;
     }
-    auto* copy = static_cast<Interval*>(guc_malloc(LOG, sizeof(Interval)));
+    auto* copy = static_cast<Interval*>(pg::compat::guc_extra_alloc(sizeof(Interval)));
     if (copy == nullptr)
         return false;
     *copy = *parsed;

@@ -77,6 +77,18 @@ inline int my_proc_number()
 #endif
 }
 
+// Memory for a GUC check hook's `extra`, which the GUC machinery frees: 16
+// moved GUC memory into a context of its own (guc_malloc); 15 takes malloc.
+// NULL when out of memory (the hook then fails).
+inline void* guc_extra_alloc(size_t size)
+{
+#if PG_VERSION_NUM >= 160000
+    return guc_malloc(LOG, size);
+#else
+    return malloc(size);
+#endif
+}
+
 // USAGE and the like on a schema: 16 folded pg_namespace_aclcheck() into
 // object_aclcheck().
 inline AclResult namespace_aclcheck(Oid nsp, Oid role, AclMode mode)
