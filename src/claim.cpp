@@ -46,8 +46,9 @@ Statement insert_claim = {
 
 // What holds the key now. The first column tells a real match from a hash
 // collision (core/key.hpp); xmin tells the statistics whether the INSERT
-// waited for the row's writer (nothing else is decided from it).
-Statement probe_claim = {"SELECT scope = $1, expires_at, fingerprint, response, xmin "
+// waited for the row's writer (nothing else is decided from it); the last
+// says a multi-step request holds the key (hold.cpp).
+Statement probe_claim = {"SELECT scope = $1, expires_at, fingerprint, response, xmin, hold_fence IS NOT NULL "
                          "FROM @extschema@.idem_claims WHERE key_hash = $3 AND key = $2",
                          3,
                          {TEXTOID, TEXTOID, UUIDOID}};
@@ -60,7 +61,7 @@ Statement probe_hash = {"SELECT FROM @extschema@.idem_claims WHERE key_hash = $1
 // newest row version after waiting for a concurrent writer, so of two
 // transactions renewing the same expired claim only one succeeds.
 Statement renew_claim = {"UPDATE @extschema@.idem_claims "
-                         "SET claimed_at = $1, expires_at = $2, fingerprint = $3, response = NULL "
+                         "SET claimed_at = $1, expires_at = $2, fingerprint = $3, response = NULL, hold_fence = NULL "
                          "WHERE key_hash = $4 AND key = $5 AND expires_at <= $1",
                          5,
                          {TIMESTAMPTZOID, TIMESTAMPTZOID, UUIDOID, UUIDOID, TEXTOID}};
@@ -82,7 +83,7 @@ Statement forget_claim = {"DELETE FROM @extschema@.idem_claims "
                           {TEXTOID, TEXTOID, UUIDOID}};
 
 // What idem_status shows: a plain read, which takes no lock and never waits.
-Statement read_claim = {"SELECT claimed_at, expires_at, response "
+Statement read_claim = {"SELECT claimed_at, expires_at, response, hold_fence IS NOT NULL "
                         "FROM @extschema@.idem_claims WHERE key_hash = $3 AND scope = $1 AND key = $2",
                         3,
                         {TEXTOID, TEXTOID, UUIDOID}};
@@ -137,6 +138,15 @@ ClaimOutcome granted(const ClaimRequest& r, FunctionCallInfo fcinfo, TimestampTz
 }
 
 }  // namespace
+
+void raise_held(const ClaimRequest& r)
+{
+    ereport(ERROR, (errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+                    errmsg("key %s in scope %s is held by a multi-step request", pg::key_for_message(r.key.key),
+                           scope_for_message(r.scope)),
+                    errdetail("idem_hold() holds it, in transactions of its own: there is no transaction to wait for."),
+                    errhint("Retry later with the same key, or use idem_begin(), which answers in_progress.")));
+}
 
 pg_uuid_t key_hash_of(const pg::ScopeArg& scope, const pg::KeyArg& key)
 {
@@ -202,6 +212,7 @@ ClaimOutcome claim_rounds(const ClaimRequest& r, FunctionCallInfo fcinfo, Memory
         Datum stored_fingerprint = pg::result_value(0, 3, &fingerprint_missing);
         Datum response = pg::result_value(0, 4, &response_null);
         TransactionId writer = DatumGetTransactionId(pg::result_value(0, 5, &isnull));
+        bool held = DatumGetBool(pg::result_value(0, 6, &isnull));
         if (!same_scope)
             raise_hash_collision(r);
 
@@ -213,6 +224,11 @@ ClaimOutcome claim_rounds(const ClaimRequest& r, FunctionCallInfo fcinfo, Memory
             if (r.has_fingerprint && !fingerprint_missing &&
                 std::memcmp(DatumGetUUIDP(stored_fingerprint)->data, r.fingerprint.data, UUID_LEN) != 0)
                 raise_request_mismatch(r);
+            if (held) {  // a multi-step request, in its own transactions: nothing to wait for
+                SPI_freetuptable(SPI_tuptable);
+                stats::count(stats::claim_in_progress, r.scope.scope);
+                return ClaimOutcome{ClaimStatus::in_progress, false, 0};
+            }
             stats::count(stats::claim_duplicate, r.scope.scope);
             ClaimOutcome replay{ClaimStatus::replay, !response_null && result_cxt != nullptr, 0};
             if (replay.has_response) {
@@ -293,6 +309,8 @@ IDEM_SQL_FUNCTION(idem_claim)
     note_autocommit(fcinfo, "idem_claim()", &r.key, r.scope);
     pg::connect();
     ClaimOutcome outcome = claim_core(r, fcinfo, nullptr);
+    if (outcome.status == ClaimStatus::in_progress)
+        raise_held(r);
     SPI_finish();
     return BoolGetDatum(outcome.status == ClaimStatus::new_claim);
 }
@@ -375,9 +393,9 @@ IDEM_SQL_FUNCTION(idem_forget)
 // idem_status(key text, scope text DEFAULT 'default')
 //   RETURNS TABLE (status text, claimed_at timestamptz, expires_at timestamptz, response jsonb)
 //
-// One row: absent (no committed row, or an expired one) or done. A claim
-// that another transaction has not committed is invisible here, as to any
-// reader.
+// One row: absent (no committed row, or an expired one), in_progress (a
+// multi-step request holds it) or done. A claim that another transaction
+// has not committed is invisible here, as to any reader.
 IDEM_SQL_FUNCTION(idem_status)
 {
     KeyInScope k = key_in_scope(fcinfo);
@@ -392,9 +410,10 @@ IDEM_SQL_FUNCTION(idem_status)
         TimestampTz claimed_at = DatumGetTimestampTz(pg::result_value(0, 1, &isnull));
         TimestampTz expires_at = DatumGetTimestampTz(pg::result_value(0, 2, &never_expires));
         Datum response = pg::result_value(0, 3, &response_null);
+        bool held = DatumGetBool(pg::result_value(0, 4, &isnull));
         if (is_live(never_expires, expires_at, GetCurrentTimestamp())) {
             MemoryContext old = MemoryContextSwitchTo(cxt);
-            values[0] = CStringGetTextDatum("done");
+            values[0] = CStringGetTextDatum(held ? "in_progress" : "done");
             values[1] = TimestampTzGetDatum(claimed_at);
             nulls[1] = false;
             values[2] = TimestampTzGetDatum(expires_at);

@@ -34,6 +34,10 @@ struct ClaimRequest {
 
 pg_uuid_t key_hash_of(const pg::ScopeArg& scope, const pg::KeyArg& key);
 
+// 55P03 for a claim of a key that a multi-step request holds (idem_hold):
+// idem_claim and idem_claim_many have no in_progress to answer.
+[[noreturn]] void raise_held(const ClaimRequest& r);
+
 // The request for a key whose scope and TTL are arguments `scope_argno`
 // and `ttl_argno` of the SQL function; no fingerprint.
 ClaimRequest claim_request(FunctionCallInfo fcinfo, pg::KeyArg key, int scope_argno, int ttl_argno);

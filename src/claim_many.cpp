@@ -130,7 +130,10 @@ void claim_chunk(Batch& b, int from, int to, const ClaimRequest& base, FunctionC
         ClaimRequest r = base;
         r.key = b.keys[i];
         r.key_hash = b.hashes[i];
-        b.claimed[i] = claim_core(r, fcinfo, nullptr).status == ClaimStatus::new_claim;
+        ClaimStatus status = claim_core(r, fcinfo, nullptr).status;
+        if (status == ClaimStatus::in_progress)
+            raise_held(r);
+        b.claimed[i] = status == ClaimStatus::new_claim;
     }
 }
 

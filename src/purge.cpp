@@ -41,10 +41,13 @@ pg::Statement delete_expired_claims = {IDEM_DELETE_EXPIRED("idem_claims"), 3, {T
 pg::Statement delete_expired_tokens = {IDEM_DELETE_EXPIRED("idem_tokens"), 3, {TIMESTAMPTZOID, INT8OID, TIDOID}};
 // The fencing sequence is not touched: tokens keep growing after a purge.
 pg::Statement delete_expired_leases = {IDEM_DELETE_EXPIRED("idem_leases"), 3, {TIMESTAMPTZOID, INT8OID, TIDOID}};
-#undef IDEM_DELETE_EXPIRED
+
+// A multi-step request's hold row expires with its claim row.
+pg::Statement delete_expired_holds = {IDEM_DELETE_EXPIRED("idem_holds"), 3, {TIMESTAMPTZOID, INT8OID, TIDOID}};
 
 pg::Statement* const expiring_tables[expiring_table_count] = {&delete_expired_claims, &delete_expired_tokens,
-                                                              &delete_expired_leases};
+                                                              &delete_expired_leases, &delete_expired_holds};
+#undef IDEM_DELETE_EXPIRED
 
 }  // namespace
 

@@ -36,7 +36,7 @@ constexpr int64 rows_per_transaction = 100;
 // the last row its previous statement looked at. Each statement goes on
 // from there (a TID range scan), so a backlog is read once, not once per
 // batch; rows skipped because they were locked are found on the next pass.
-constexpr int expiring_table_count = 3;
+constexpr int expiring_table_count = 4;
 struct Cursor {
     ItemPointerData after[expiring_table_count];
     int table;  // the table the next statement looks at

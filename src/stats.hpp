@@ -15,8 +15,13 @@ enum Event : int {
     claim_new,
     claim_duplicate,
     claim_wait,  // waited for a transaction holding the key, which then committed
-    claim_in_progress,  // idem_begin(wait => false) answered in_progress
+    claim_in_progress,  // idem_begin answered in_progress (wait => false, or a held key)
     request_mismatch,  // IK001
+    hold_new,  // idem_hold: new
+    hold_resumed,  // idem_hold: resume
+    hold_in_progress,  // idem_hold: in_progress
+    hold_completed,  // idem_complete
+    hold_fence_refused,  // IK004, and idem_abandon's false
     token_issued,
     token_consumed,
     token_refused,

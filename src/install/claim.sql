@@ -22,6 +22,7 @@ CREATE TABLE @extschema@.idem_claims (
     expires_at  timestamptz,            -- NULL: never expires
     response    jsonb,                  -- what idem_finish stored
     fingerprint uuid,                   -- of idem_begin's request: equal exactly for equal jsonb
+    hold_fence  bigint,                 -- a multi-step request's holder (idem_hold); NULL: none
     CONSTRAINT idem_claims_key PRIMARY KEY (key_hash)
 );
 COMMENT ON TABLE @extschema@.idem_claims IS

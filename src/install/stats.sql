@@ -7,6 +7,8 @@
 CREATE FUNCTION @extschema@.idem_stats_snapshot(
     OUT new_claims bigint, OUT duplicates bigint, OUT waits bigint, OUT in_progress bigint,
     OUT request_mismatches bigint,
+    OUT holds_started bigint, OUT holds_resumed bigint, OUT holds_in_progress bigint, OUT holds_completed bigint,
+    OUT stale_fences_refused bigint,
     OUT tokens_issued bigint, OUT tokens_consumed bigint, OUT tokens_refused bigint,
     OUT decrements bigint, OUT decrements_insufficient bigint,
     OUT leases_granted bigint, OUT leases_refused bigint,
@@ -19,6 +21,8 @@ LANGUAGE C VOLATILE;
 CREATE FUNCTION @extschema@.idem_scope_stats_snapshot(
     OUT scope text, OUT new_claims bigint, OUT duplicates bigint, OUT waits bigint,
     OUT in_progress bigint, OUT request_mismatches bigint,
+    OUT holds_started bigint, OUT holds_resumed bigint, OUT holds_in_progress bigint, OUT holds_completed bigint,
+    OUT stale_fences_refused bigint,
     OUT tokens_issued bigint, OUT tokens_consumed bigint, OUT tokens_refused bigint,
     OUT counted_since timestamptz)
 RETURNS SETOF record

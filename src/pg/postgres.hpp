@@ -18,3 +18,4 @@ extern "C" {
 #define IDEM_ERRCODE_REQUEST_MISMATCH MAKE_SQLSTATE('I', 'K', '0', '0', '1')
 #define IDEM_ERRCODE_NO_CLAIM_HELD    MAKE_SQLSTATE('I', 'K', '0', '0', '2')
 #define IDEM_ERRCODE_WRONG_STATE      MAKE_SQLSTATE('I', 'K', '0', '0', '3')
+#define IDEM_ERRCODE_HOLD_LOST        MAKE_SQLSTATE('I', 'K', '0', '0', '4')

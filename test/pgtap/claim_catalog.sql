@@ -47,7 +47,7 @@ SELECT is(
 
 -- The dedup table: SPEC's columns, the hash as primary key, no direct access for PUBLIC.
 SELECT has_table('idem_claims');
-SELECT columns_are('idem_claims', ARRAY['scope', 'key', 'key_hash', 'claimed_at', 'expires_at', 'response', 'fingerprint']);
+SELECT columns_are('idem_claims', ARRAY['scope', 'key', 'key_hash', 'claimed_at', 'expires_at', 'response', 'fingerprint', 'hold_fence']);
 SELECT col_type_is('idem_claims', 'scope', 'text');
 SELECT col_type_is('idem_claims', 'key', 'text');
 SELECT col_type_is('idem_claims', 'claimed_at', 'timestamp with time zone');
