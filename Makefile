@@ -66,13 +66,13 @@ $(DATA_built): $(INSTALL_SQL) Makefile
 
 # The libpqxx stress client (test/stress): a program of its own, not part of
 # the extension; `make stress` builds it.
-STRESS = test/stress/idem_stress
+STRESS = test/stress/idem_stress test/stress/idem_pay
 .PHONY: stress
 stress: $(STRESS)
 # It builds with bookworm's libpqxx 6.4 and trixie's 7.10, which deprecates
 # calls (exec1, exec_params) whose replacements 6.4 lacks: those warnings
 # stay warnings.
-$(STRESS): test/stress/idem_stress.cpp
+test/stress/%: test/stress/%.cpp
 	$(CXX) -std=c++17 -O2 -Wall -Wextra $(if $(WERROR),-Werror -Wno-error=deprecated-declarations) -o $@ $< -lpqxx -lpq -pthread
 
 # The wire-protocol test of pg_idem.allow_autocommit (test/protocol): a libpq
