@@ -66,7 +66,7 @@ $(DATA_built): $(INSTALL_SQL) Makefile
 
 # The libpqxx stress client (test/stress): a program of its own, not part of
 # the extension; `make stress` builds it.
-STRESS = test/stress/idem_stress test/stress/idem_pay
+STRESS = test/stress/idem_stress test/stress/idem_pay test/stress/idem_provider
 .PHONY: stress
 stress: $(STRESS)
 # It builds with bookworm's libpqxx 6.4 and trixie's 7.10, which deprecates

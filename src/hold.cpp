@@ -47,15 +47,15 @@ namespace {
 using claims::ClaimRequest;
 using pg::Statement;
 
-// What holds the key now, with the hold's row if there is one. The first
-// column tells a real match from a hash collision.
-Statement probe_request = {"SELECT c.scope = $1, c.expires_at, c.fingerprint, c.response, c.hold_fence, "
-                           "       h.held_until, h.phase, h.state "
-                           "FROM @extschema@.idem_claims c "
-                           "LEFT JOIN @extschema@.idem_holds h ON h.key_hash = c.key_hash AND h.key = c.key "
-                           "WHERE c.key_hash = $3 AND c.key = $2",
+// What holds the key now. The first column tells a real match from a hash
+// collision. A replay needs nothing more; a held key, when its hold ends.
+Statement probe_request = {"SELECT scope = $1, expires_at, fingerprint, response, hold_fence "
+                           "FROM @extschema@.idem_claims WHERE key_hash = $3 AND key = $2",
                            3,
                            {TEXTOID, TEXTOID, UUIDOID}};
+
+Statement probe_hold = {
+    "SELECT held_until FROM @extschema@.idem_holds WHERE key_hash = $1 AND key = $2", 2, {UUIDOID, TEXTOID}};
 
 // The same under the row lock, for a holder's call or a resume.
 Statement lock_request = {"SELECT c.hold_fence, c.expires_at, h.held_until, h.hold_for, h.phase, h.state "
@@ -235,13 +235,12 @@ Answer hold_request(const ClaimRequest& r, FunctionCallInfo fcinfo, const Interv
             }
             continue;  // another transaction wrote the key meanwhile: look again
         }
-        bool isnull, never_expires, fingerprint_missing, response_null, fence_null, held_null;
+        bool isnull, never_expires, fingerprint_missing, response_null, fence_null;
         bool same_scope = DatumGetBool(pg::result_value(0, 1, &isnull));
         TimestampTz expires_at = DatumGetTimestampTz(pg::result_value(0, 2, &never_expires));
         Datum stored_fingerprint = pg::result_value(0, 3, &fingerprint_missing);
         Datum response = pg::result_value(0, 4, &response_null);
         int64 fence = DatumGetInt64(pg::result_value(0, 5, &fence_null));
-        TimestampTz held_until = DatumGetTimestampTz(pg::result_value(0, 6, &held_null));
         if (!same_scope)
             ereport(ERROR, (errcode(ERRCODE_UNIQUE_VIOLATION),
                             errmsg("key %s in scope %s shares its hash with another key",
@@ -277,7 +276,12 @@ Answer hold_request(const ClaimRequest& r, FunctionCallInfo fcinfo, const Interv
             stats::count(stats::claim_duplicate, r.scope.scope);
             return replay;
         }
-        if (!held_null && held_until > now) {
+        Datum hold_key[2] = {UUIDPGetDatum(&r.key_hash), r.key.datum};
+        bool held_null = true;
+        TimestampTz held_until = 0;
+        if (pg::run(probe_hold, fcinfo, hold_key, nullptr) == 1)
+            held_until = DatumGetTimestampTz(pg::result_value(0, 1, &held_null));
+        if (!held_null && held_until > GetCurrentTimestamp()) {
             stats::count(stats::hold_in_progress, r.scope.scope);
             return Answer{"in_progress", false, 0, false, true, true, 0, 0, false, 0};
         }

@@ -53,3 +53,10 @@ CREATE TABLE hot_row (sku int PRIMARY KEY, amount bigint NOT NULL);
 INSERT INTO hot_row VALUES (1, 1000000000);
 SELECT idem_stock_add('hot', 1000000000);
 VACUUM ANALYZE;
+
+-- Multi-step requests: 100,000 keys completed beforehand, replayed through
+-- idem_hold and through idem_begin.
+SELECT count(*) FROM (
+    SELECT idem_complete(k, 'bench', fence, '{"ok": true}')
+    FROM (SELECT k, (SELECT fence FROM idem_hold(k, 'bench', ttl => '1 day')) AS fence
+          FROM (SELECT 'done-' || g AS k FROM generate_series(1, 100000) g) keys) held) completed;

@@ -21,14 +21,23 @@
 // until another client resumes them.
 //
 //   idem_pay --dsn DSN [--setup] [--keys 200] [--hold-ms 300] [--seed 1] [--provider-ms 20]
+//            [--provider-port-file FILE]
 //
-// --setup creates the tables (dropping old ones) and exits.
+// --setup creates the tables (dropping old ones) and exits. The provider is
+// a pair of tables written outside the request's transactions, or, with
+// --provider-port-file, idem_provider, a flaky process of its own (the demo).
 #include <pqxx/pqxx>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <iostream>
 #include <random>
 #include <string>
@@ -44,6 +53,7 @@ struct Options {
     int hold_ms = 300;
     unsigned seed = 1;
     int provider_ms = 20;
+    int provider_port = 0;  // --provider-port-file: call idem_provider there instead of the provider tables
 };
 
 const char* const setup_sql = R"SQL(
@@ -82,12 +92,37 @@ Options parse(int argc, char** argv)
             o.seed = static_cast<unsigned>(std::stoul(next()));
         else if (a == "--provider-ms")
             o.provider_ms = std::stoi(next());
-        else {
+        else if (a == "--provider-port-file") {
+            std::ifstream f(next());
+            f >> o.provider_port;
+        } else {
             std::cerr << "idem_pay: unknown option " << a << "\n";
             std::exit(2);
         }
     }
     return o;
+}
+
+// One call to idem_provider: the charge, or 0 when the call failed (before
+// or after charging: the caller cannot tell, and calls again).
+long long call_provider(int port, const std::string& key, long long fence)
+{
+    int sock = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    long long charge = 0;
+    if (sock >= 0 && connect(sock, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
+        std::string call = "CHARGE " + key + " " + std::to_string(fence) + "\n";
+        char answer[64] = {};
+        if (write(sock, call.data(), call.size()) == static_cast<ssize_t>(call.size()) &&
+            read(sock, answer, sizeof answer - 1) > 0)
+            std::sscanf(answer, "OK %lld", &charge);
+    }
+    if (sock >= 0)
+        close(sock);
+    return charge;
 }
 
 bool lost_hold(const pqxx::sql_error& e)
@@ -130,7 +165,14 @@ bool attempt(pqxx::connection& conn, const Options& o, const std::string& key, s
             // per idempotency key, however often it is called.
             std::this_thread::sleep_for(
                 std::chrono::milliseconds(std::uniform_int_distribution<int>(0, o.provider_ms)(rng)));
-            {
+            if (o.provider_port != 0) {
+                // A flaky provider in a process of its own: call it again
+                // until it answers; its idempotency key makes that safe.
+                do {
+                    pqxx::nontransaction(conn).exec_params("INSERT INTO provider_calls VALUES ($1, $2)", key, fence);
+                    charge = call_provider(o.provider_port, key, fence);
+                } while (charge == 0);
+            } else {
                 pqxx::work provider(conn);
                 provider.exec_params("INSERT INTO provider_calls VALUES ($1, $2)", key, fence);
                 provider.exec_params(
