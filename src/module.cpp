@@ -27,7 +27,7 @@ void _PG_init(void)
         if (process_shared_preload_libraries_in_progress) {
             idem::stats::init_preloaded();
             idem::stock::init_preloaded();
-            idem::purge::register_workers();
+            idem::purge::init_preloaded();
         }
         MarkGUCPrefixReserved("pg_idem");
         return 0;

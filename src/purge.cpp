@@ -2,6 +2,7 @@
 
 #include "pg/guard.hpp"
 #include "pg/spi.hpp"
+#include "purge_internal.hpp"
 #include "stats.hpp"
 
 extern "C" {
@@ -61,6 +62,11 @@ void define_gucs()
     DefineCustomIntVariable("pg_idem.purge_delay", "How long the purge worker pauses between full batches.",
                             "Like vacuum's cost delay: the CPU it leaves to the claims while a backlog is purged.",
                             &delay_ms, 10, 0, 10000, PGC_SUSET, GUC_UNIT_MS, nullptr, nullptr, nullptr);
+    DefineCustomStringVariable("pg_idem.database",
+                               "The databases the purge workers clean: '*' for every database where pg_idem is "
+                               "installed, or a comma-separated list of names; empty for none.",
+                               "Needs pg_idem in shared_preload_libraries. '*' leaves out template databases.",
+                               &databases, "*", PGC_SIGHUP, GUC_LIST_INPUT, check_databases, nullptr, nullptr);
 }
 
 void start_cursor(Cursor* cursor)

@@ -21,11 +21,12 @@ extern int batch_size;  // pg_idem.purge_batch_size
 extern int delay_ms;  // pg_idem.purge_delay
 extern char* databases;  // pg_idem.database
 
-// The settings that can change at any time; from _PG_init.
+// The settings, all of which a reload changes; from _PG_init.
 void define_gucs();
-// Defines pg_idem.database and registers one background worker per database
-// in it; from _PG_init while shared_preload_libraries loads pg_idem.
-void register_workers();
+// Registers the purge launcher (purge_launcher.cpp) and the shared memory
+// it and its workers share; from _PG_init while shared_preload_libraries
+// loads pg_idem.
+void init_preloaded();
 
 // The worker deletes a backlog in transactions of at most this many rows,
 // committed one after the other: a claim of an expired key that the purge

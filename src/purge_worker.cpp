@@ -1,15 +1,23 @@
-// The background purge worker: one per database named in pg_idem.database,
-// registered at server start when pg_idem is preloaded. Each round purges
-// up to pg_idem.purge_batch_size expired rows in transactions of at most
-// rows_per_transaction rows, committed one after the other (so a claim of a
-// key being purged waits for one small transaction, never for the round),
-// then folds as many committed hot-stock ledger rows into their items in a
-// transaction of its own. Rounds follow each other, pg_idem.purge_delay
-// apart, while there is more to do; otherwise the worker sleeps
-// pg_idem.purge_interval. An error (a cancel too) ends the round: it is
-// logged and the worker goes on after the interval. A cancel while it
-// sleeps only wakes it. SIGTERM (shutdown) ends it.
-#include "purge.hpp"
+// The purge worker: one visit of one database, started by the launcher
+// (purge_launcher.cpp, which has the design) and gone when it is done.
+//
+// It connects to the database the launcher chose (bgw_main_arg, its OID)
+// and leaves at once if pg_idem is not installed there. Otherwise each batch
+// purges up to pg_idem.purge_batch_size expired rows in transactions of at
+// most rows_per_transaction rows, committed one after the other (so a claim
+// of a key being purged waits for one small transaction, never for the
+// batch), then folds as many committed hot-stock ledger rows into their
+// items in a transaction of its own. Batches follow each other,
+// pg_idem.purge_delay apart, while a batch was full; then the worker exits.
+// After visit_ms with rows left it exits too, and tells the launcher so,
+// which comes back soon instead of after pg_idem.purge_interval.
+//
+// An error (a cancel too) ends the visit: it is logged, and the next round
+// comes back. A cancel while it pauses between batches only wakes it.
+// SIGTERM ends it (die), and so does the postmaster's death, checked
+// between transactions and in every wait. Its background worker type is
+// worker_type, by which claims know a wait for it ends soon.
+#include "purge_internal.hpp"
 
 #include "pg/spi.hpp"
 #include "stock.hpp"
@@ -22,13 +30,12 @@ extern "C" {
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/pmsignal.h"
 #include "tcop/tcopprot.h"
-#include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
-#include "utils/varlena.h"
 }
 
 #include <cstring>
@@ -36,15 +43,12 @@ extern "C" {
 namespace idem::purge {
 namespace {
 
-// A crashed or failed worker is started again after this long.
-constexpr int restart_seconds = 10;
-
-// What one round does in the extension installed in `nsp`, inside SPI_connect;
-// returns how many rows it deleted or folded.
+// What one transaction does in the extension installed in `nsp`, inside
+// SPI_connect; returns how many rows it deleted or folded.
 using Task = int64 (*)(Oid nsp);
 
 // Where the purge has got to in each table, kept across transactions and
-// rounds, and how many rows the next transaction may lock.
+// batches, and how many rows the next transaction may lock.
 Cursor purge_cursor;
 int64 purge_chunk_rows = 0;
 
@@ -62,10 +66,14 @@ int64 fold_ledger(Oid nsp)
     return stock::fold_committed_ledger(nsp, batch_size);
 }
 
-// One round of `task` in a transaction of its own, so that one task's error
-// does not undo the other's work. Returns how many rows it deleted or folded,
-// or -1 after an error, which is logged.
-int64 run_round(Task task, const char* activity)
+// What a transaction came to.
+constexpr int64 failed = -1;  // an error, which is logged
+constexpr int64 not_installed = -2;  // pg_idem is not installed in this database
+
+// `task` in a transaction of its own, so that one task's error does not
+// undo the other's work. Returns how many rows it deleted or folded, or
+// failed, or not_installed.
+int64 run_transaction(Task task, const char* activity)
 {
     MemoryContext cxt = CurrentMemoryContext;
     volatile int64 done = 0;
@@ -77,8 +85,7 @@ int64 run_round(Task task, const char* activity)
         PushActiveSnapshot(GetTransactionSnapshot());
         pgstat_report_activity(STATE_RUNNING, activity);
         Oid nsp = pg::installed_namespace();
-        if (OidIsValid(nsp))
-            done = task(nsp);
+        done = OidIsValid(nsp) ? task(nsp) : not_installed;
         SPI_finish();
         PopActiveSnapshot();
         CommitTransactionCommand();
@@ -91,106 +98,74 @@ int64 run_round(Task task, const char* activity)
         FlushErrorState();
         AbortCurrentTransaction();
         pgstat_report_activity(STATE_IDLE, nullptr);
-        done = -1;
+        done = failed;
     }
     PG_END_TRY();
     return done;
 }
 
-}  // namespace
-
-void register_workers()
+// Between transactions, which may follow each other for a whole batch.
+void exit_if_postmaster_died()
 {
-    // PGC_POSTMASTER settings can only be defined at server start, which is
-    // also the only time workers can be registered.
-    DefineCustomStringVariable("pg_idem.database",
-                               "The databases the purge worker cleans, comma-separated; empty for none.",
-                               "Needs pg_idem in shared_preload_libraries; one worker per database.", &databases,
-                               "postgres", PGC_POSTMASTER, 0, nullptr, nullptr, nullptr);
-    if (databases == nullptr || databases[0] == '\0')
-        return;
-    char* list = pstrdup(databases);
-    List* names = NIL;
-    if (!SplitGUCList(list, ',', &names))
-        ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-                        errmsg("pg_idem.database must be a comma-separated list of database names")));
-    ListCell* cell;
-    foreach (cell, names) {
-        const char* db = static_cast<const char*>(lfirst(cell));
-        if (std::strlen(db) >= BGW_EXTRALEN)
-            ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-                            errmsg("pg_idem.database: database name \"%s\" is too long", db)));
-        BackgroundWorker worker;
-        std::memset(&worker, 0, sizeof worker);
-        worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-        // Only where writes are possible: on a primary, or once a standby is promoted.
-        worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-        worker.bgw_restart_time = restart_seconds;
-        snprintf(worker.bgw_library_name, BGW_MAXLEN, "pg_idem");
-        snprintf(worker.bgw_function_name, BGW_MAXLEN, "idem_purge_worker_main");
-        snprintf(worker.bgw_name, BGW_MAXLEN, "pg_idem purge worker for %s", db);
-        snprintf(worker.bgw_type, BGW_MAXLEN, "pg_idem purge worker");
-        std::strcpy(worker.bgw_extra, db);
-        RegisterBackgroundWorker(&worker);
-    }
+    if (!PostmasterIsAlive())
+        proc_exit(1);
 }
 
-}  // namespace idem::purge
-
-extern "C" PGDLLEXPORT void idem_purge_worker_main(Datum arg);
-
-void idem_purge_worker_main(Datum)
+// One batch: purge transactions until batch_size rows or nothing is left,
+// then the fold. Returns whether more may be waiting (a batch was full), or
+// false after an error, or when pg_idem is not installed (`*gone`).
+bool run_batch(MemoryContext batch_cxt, bool* gone)
 {
-    using namespace idem::purge;
-    pqsignal(SIGHUP, SignalHandlerForConfigReload);
-    pqsignal(SIGTERM, die);
-    BackgroundWorkerUnblockSignals();
+    int64 purged = 0;
+    bool purge_more = false;
+    for (;;) {
+        purge_chunk_rows = Min(rows_per_transaction, static_cast<int64>(batch_size) - purged);
+        int64 n = run_transaction(purge_expired, "pg_idem purge");
+        MemoryContextReset(batch_cxt);
+        if (n == not_installed || n == failed) {
+            *gone = true;
+            return false;
+        }
+        purged += n;
+        if (purge_cursor.done)
+            break;
+        if (purged >= batch_size) {
+            purge_more = true;
+            break;
+        }
+        exit_if_postmaster_died();
+    }
+    int64 folded = run_transaction(fold_ledger, "pg_idem fold hot-stock ledger");
+    MemoryContextReset(batch_cxt);
+    return purge_more || folded >= batch_size;
+}
 
-    char database[BGW_EXTRALEN];
-    std::memcpy(database, MyBgworkerEntry->bgw_extra, BGW_EXTRALEN);
-    BackgroundWorkerInitializeConnection(database, nullptr, 0);
-    pgstat_report_appname("pg_idem purge worker");
-    ereport(LOG, (errmsg("pg_idem purge worker started for database \"%s\"", database)));
-
-    MemoryContext round_cxt = AllocSetContextCreate(TopMemoryContext, "pg_idem purge", ALLOCSET_DEFAULT_SIZES);
+// The visit's batches: until nothing is left (false) or visit_ms has passed
+// with more waiting (true).
+bool visit_batches()
+{
+    MemoryContext batch_cxt = AllocSetContextCreate(TopMemoryContext, "pg_idem purge", ALLOCSET_DEFAULT_SIZES);
+    TimestampTz until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), visit_ms);
     start_cursor(&purge_cursor);
     for (;;) {
-        MemoryContextSwitchTo(round_cxt);
-        // Small transactions until the batch is done or nothing is left.
-        int64 purged = 0;
-        bool purge_more = false;
-        for (;;) {
-            purge_chunk_rows = Min(rows_per_transaction, static_cast<int64>(batch_size) - purged);
-            int64 n = run_round(purge_expired, "pg_idem purge");
-            MemoryContextReset(round_cxt);
-            if (n < 0) {  // logged; the next round starts from the beginning
-                start_cursor(&purge_cursor);
-                break;
-            }
-            purged += n;
-            if (purge_cursor.done)
-                break;
-            if (purged >= batch_size) {
-                purge_more = true;
-                break;
-            }
-        }
-        int64 folded = run_round(fold_ledger, "pg_idem fold hot-stock ledger");
-        MemoryContextReset(round_cxt);
-
-        // A full batch means more may be waiting: go on at once.
-        bool more = purge_more || folded >= batch_size;
+        MemoryContextSwitchTo(batch_cxt);
+        bool gone = false;
+        bool more = run_batch(batch_cxt, &gone);
+        MemoryContextSwitchTo(TopMemoryContext);
+        if (gone || !more)
+            return false;
+        if (GetCurrentTimestamp() >= until)
+            return true;
         // Hand the deletions to the statistics system, as every backend does
         // between transactions: autovacuum finds the dead rows only there.
-        // Forced before a sleep, so nothing waits a whole interval.
-        pgstat_report_stat(!more);
-        long sleep_ms = more ? delay_ms : interval_ms;
-        (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, sleep_ms, PG_WAIT_EXTENSION);
+        // (At exit they are handed over anyway.)
+        pgstat_report_stat(false);
+        (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, delay_ms, PG_WAIT_EXTENSION);
         ResetLatch(MyLatch);
-        // Between rounds there is nothing to cancel, and an ERROR out here,
-        // outside run_round's error handling, would end the worker: a
-        // cancel (pg_cancel_backend) that arrived meanwhile only woke it.
-        // (One that arrives during a round ends that round, in run_round.)
+        // Between batches there is nothing to cancel, and an ERROR out here,
+        // outside run_transaction's error handling, would end the worker
+        // with a FATAL: a cancel that arrived meanwhile only woke it. (One
+        // that arrives during a transaction ends the visit, logged.)
         QueryCancelPending = false;
         CHECK_FOR_INTERRUPTS();
         if (ConfigReloadPending) {
@@ -198,4 +173,45 @@ void idem_purge_worker_main(Datum)
             ProcessConfigFile(PGC_SIGHUP);
         }
     }
+}
+
+// Every message of a visit names its database: the server log's lines do
+// not, by default.
+void visit_context(void* database)
+{
+    errcontext("pg_idem purge worker in database \"%s\"", static_cast<const char*>(database));
+}
+
+// The visit: batches until nothing is left (false) or visit_ms has passed
+// with more waiting (true).
+bool visit(char* database)
+{
+    ErrorContextCallback context;
+    context.callback = visit_context;
+    context.arg = database;
+    context.previous = error_context_stack;
+    error_context_stack = &context;
+    bool more = visit_batches();
+    error_context_stack = context.previous;
+    return more;
+}
+
+}  // namespace
+}  // namespace idem::purge
+
+void idem_purge_worker_main(Datum arg)
+{
+    using namespace idem::purge;
+    pqsignal(SIGHUP, SignalHandlerForConfigReload);
+    pqsignal(SIGTERM, die);
+    BackgroundWorkerUnblockSignals();
+
+    char database[NAMEDATALEN];
+    std::memcpy(database, MyBgworkerEntry->bgw_extra, NAMEDATALEN);
+    database[NAMEDATALEN - 1] = '\0';
+    BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(arg), InvalidOid, 0);
+    pgstat_report_appname(worker_type);
+    ereport(DEBUG1, (errmsg("pg_idem purge worker visits database \"%s\"", database)));
+    if (visit(database))
+        set_more_left();
 }

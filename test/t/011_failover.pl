@@ -54,18 +54,18 @@ like($stderr, qr/25006/, 'the standby refuses claims with 25006');
 is($standby->safe_psql('postgres', q{
 	SELECT idem_lease_check('nightly', fencing_token) FROM idem_leases WHERE name = 'nightly'}),
 	't', 'the standby answers idem_lease_check');
-# The purge worker waits for the end of recovery: none runs on the standby.
+# The purge launcher waits for the end of recovery: none runs on the standby.
 is($standby->safe_psql('postgres', q{
-	SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_idem purge worker'}),
-	'0', 'no purge worker runs on the standby');
+	SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_idem purge launcher'}),
+	'0', 'no purge launcher runs on the standby');
 
 ok(crash_server($primary), 'the primary is stopped hard (kill -9) in the middle of the load');
 $run->finish;    # the client gives up: its primary is gone
 $standby->promote;
 $standby->poll_query_until('postgres', 'SELECT NOT pg_is_in_recovery()');
 ok($standby->poll_query_until('postgres', q{
-	SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_idem purge worker'}),
-	'once promoted, the new primary runs the purge worker');
+	SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_idem purge launcher'}),
+	'once promoted, the new primary runs the purge launcher');
 
 open my $fh, '<', $acked or die "no acknowledged requests: $!";
 my @keys = do { my %seen; grep { !$seen{$_}++ } map { chomp; $_ } <$fh> };

@@ -33,13 +33,19 @@ $node->safe_psql('postgres', q{
 	END $$;
 	CREATE TRIGGER pause_purge BEFORE DELETE ON idem_claims FOR EACH ROW EXECUTE FUNCTION pause_purge();
 });
-my $worker_pid = q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_idem purge worker' AND datname = 'postgres'};
-ok($node->poll_query_until('postgres', "SELECT count(*) = 1 FROM ($worker_pid) w"), 'the purge worker runs');
-my $worker = $node->safe_psql('postgres', $worker_pid);
+ok($node->poll_query_until('postgres', q{
+	SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_idem purge launcher'}), 'the purge launcher runs');
+# The worker that visits postgres, waiting at a marked row.
+sub waiter
+{
+	my ($pause) = @_;
+	return qq{SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+		WHERE a.backend_type = 'pg_idem purge worker' AND l.locktype = 'advisory' AND l.objid = $pause AND NOT l.granted};
+}
 sub waits_at
 {
 	my ($pause) = @_;
-	return qq{SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = $worker AND locktype = 'advisory' AND objid = $pause AND NOT granted)};
+	return 'SELECT count(*) = 1 FROM (' . waiter($pause) . ') w';
 }
 
 my $holder = $node->background_psql('postgres');
@@ -56,6 +62,7 @@ $node->safe_psql('postgres', q{
 	COMMIT;
 });
 ok($node->poll_query_until('postgres', waits_at(1)), 'the worker reaches the first marked row');
+my $worker = $node->safe_psql('postgres', waiter(1));
 
 my $locked = $node->safe_psql('postgres', qq{SELECT count(*) FROM pgrowlocks('idem_claims') WHERE $worker = ANY (pids)});
 cmp_ok($locked, '<=', 100, "the worker's transaction holds at most 100 row locks ($locked)");
@@ -77,6 +84,7 @@ ok($node->poll_query_until('postgres', q{
 	'a claim of an expired key the worker has locked waits');
 $holder->query_safe('SELECT pg_advisory_unlock(1)');
 ok($node->poll_query_until('postgres', waits_at(2)), 'the worker goes on to the second marked row');
+is($node->safe_psql('postgres', waiter(2)), $worker, 'the same worker, in the same visit');
 ok($node->poll_query_until('postgres', q{
 	SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = 'waiting_claim' AND state = 'idle')}),
 	'the waiting claim went on before the worker finished its batch');
@@ -93,7 +101,8 @@ $holder->quit;
 ok($node->poll_query_until('postgres', q{SELECT count(*) = 0 FROM idem_claims WHERE expires_at <= clock_timestamp()}),
 	'the worker purges the rest');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM idem_claims}), '3', 'and keeps the three keys claimed again');
-is($node->safe_psql('postgres', $worker_pid), $worker, 'all done by the same worker');
+ok($node->poll_query_until('postgres', qq{SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $worker}),
+	'and its visit ends');
 
 unlike(slurp_file($node->logfile), qr/FATAL/, 'no worker died');
 $node->stop;
