@@ -209,9 +209,12 @@ int main()
     for (const auto& [cause, n] : retries)
         if (n)
             causes += (causes.empty() ? "" : ", ") + std::to_string(n) + " " + cause;
-    std::printf("  libpqxx %s: %d workers sent %zu requests for %d keys in %.1f s: %zu orders placed, %ld answers "
-                "replayed\n",
-                PQXX_VERSION, workers, run.sends.size(), n_keys, seconds, placed.size(), replays);
+    long orders = 0;
+    for (const auto& [k, p] : placed)
+        orders += p.first;
+    std::printf("  libpqxx %s: %d workers sent %zu requests for %d keys in %.1f s: %ld orders placed for %zu keys, %ld "
+                "answers replayed\n",
+                PQXX_VERSION, workers, run.sends.size(), n_keys, seconds, orders, placed.size(), replays);
     std::printf("  %ld connections killed, %ld statements cancelled; retries: %s\n", run.terminated, run.cancelled,
                 causes.c_str());
     if (!failures.empty()) {

@@ -155,7 +155,7 @@ async function main() {
   const replays = [...answers.values()].flat().filter((a) => a.replayed).length;
   const version = require('pg/package.json').version;
   console.log(`  node-postgres ${version} (node ${process.version}): ${WORKERS} workers sent ${sends.length} requests` +
-    ` for ${KEYS} keys in ${seconds.toFixed(1)} s: ${placed.size} orders placed, ${replays} answers replayed`);
+    ` for ${KEYS} keys in ${seconds.toFixed(1)} s: ${[...placed.values()].reduce((sum, row) => sum + row.n, 0)} orders placed for ${placed.size} keys, ${replays} answers replayed`);
   console.log(`  ${kills.pg_terminate_backend} connections killed, ${kills.pg_cancel_backend} statements cancelled;` +
     ` retries: ${Object.entries(retries).sort().map(([c, n]) => `${n} ${c}`).join(', ')}`);
   if (failures.length) {

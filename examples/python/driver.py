@@ -167,7 +167,7 @@ def main():
     replays = sum(1 for got in answers.values() for _, r in got if r)
     print(
         f"  psycopg {psycopg.__version__}: {WORKERS} workers sent {len(sends)} requests for {KEYS} keys in {seconds:.1f} s:"
-        f" {len(placed)} orders placed, {replays} answers replayed"
+        f" {sum(n for n, _ in placed.values())} orders placed for {len(placed)} keys, {replays} answers replayed"
     )
     print(
         f"  {kills['pg_terminate_backend']} connections killed, {kills['pg_cancel_backend']} statements cancelled;"
