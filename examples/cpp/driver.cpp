@@ -32,7 +32,7 @@ namespace {
 
 constexpr int workers = 8;
 const char* const app = "orders-example";  // the workers' application_name: what the chaos thread kills
-const char* const lock_timeout = "1s";     // how long a retry waits behind an attempt still running
+const char* const lock_timeout = "1s";  // how long a retry waits behind an attempt still running
 
 struct Run {
     std::vector<std::string> keys;
@@ -78,15 +78,15 @@ void chaos(Run& run, std::atomic<bool>& stop)
     pqxx::connection conn("application_name=orders-example-chaos");
     while (!stop) {
         std::this_thread::sleep_for(std::chrono::milliseconds(30));
-        bool cancel = std::uniform_real_distribution<double>(0, 1)(rng) < 0.25;  // a cancel interrupts only a running statement
+        // A cancel interrupts only a running statement.
+        bool cancel = std::uniform_real_distribution<double>(0, 1)(rng) < 0.25;
         std::string action = cancel ? "pg_cancel_backend" : "pg_terminate_backend";
         std::string states = cancel ? "'active'" : "'active', 'idle in transaction'";
+        std::string query = "SELECT " + action + "(pid) FROM pg_stat_activity WHERE application_name = $1";
+        query += " AND state IN (" + states + ") AND wait_event_type IS DISTINCT FROM 'Lock'";
+        query += " ORDER BY random() LIMIT 1";
         pqxx::nontransaction q(conn);
-        pqxx::result r = q.exec_params("SELECT " + action + "(pid) FROM pg_stat_activity"
-                                       " WHERE application_name = $1 AND state IN (" + states + ")"
-                                       " AND wait_event_type IS DISTINCT FROM 'Lock'"
-                                       " ORDER BY random() LIMIT 1",
-                                       app);
+        pqxx::result r = q.exec_params(query, app);
         if (!r.empty() && r[0][0].as<bool>())
             (cancel ? run.cancelled : run.terminated)++;
     }

@@ -33,8 +33,8 @@ void pause(int ms, int attempt)
 {
     thread_local std::mt19937 rng(std::random_device{}());
     double base = std::min(1000.0, ms * double(1 << std::min(attempt, 6)));
-    std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(
-        base * std::uniform_real_distribution<double>(0.5, 1.5)(rng)));
+    std::this_thread::sleep_for(
+        std::chrono::duration<double, std::milli>(base * std::uniform_real_distribution<double>(0.5, 1.5)(rng)));
 }
 
 }  // namespace
@@ -94,10 +94,10 @@ Answer OrderService::attempt(const std::string& key, const Order& order)
     // response commit together or not at all. Never call idem_begin in
     // autocommit (pqxx::nontransaction): the claim would commit alone.
     pqxx::work txn(*conn_);
-    pqxx::row claim = txn.exec_params1(
-        "SELECT status, response FROM idem_begin($1, 'orders', request => jsonb_build_object("
-        "'customer', $2::int, 'product', $3::text, 'qty', $4::int))",
-        key, order.customer, order.product, order.qty);
+    pqxx::row claim =
+        txn.exec_params1("SELECT status, response FROM idem_begin($1, 'orders', request => jsonb_build_object("
+                         "'customer', $2::int, 'product', $3::text, 'qty', $4::int))",
+                         key, order.customer, order.product, order.qty);
     if (claim[0].as<std::string>() == "replay") {
         std::string response = claim[1].is_null() ? "null" : claim[1].as<std::string>();
         txn.commit();

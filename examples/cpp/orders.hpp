@@ -26,7 +26,7 @@ struct Order {
 
 struct Answer {
     std::string response;  // the stored jsonb, as PostgreSQL prints it
-    bool replayed;         // from an earlier attempt of this request, not this call
+    bool replayed;  // from an earlier attempt of this request, not this call
 };
 
 // One connection, used by one thread at a time.
