@@ -176,7 +176,9 @@ int main()
         if (placing > 1)
             failures.push_back(k + ": more than one send placed the order");
         if (!got.empty()) {
-            long answered = q.exec_params1("SELECT ($1::jsonb ->> 'order_id')::bigint", got[0].response)[0].as<long>();
+            // (0 for a NULL response)
+            pqxx::row r = q.exec_params1("SELECT ($1::jsonb ->> 'order_id')::bigint", got[0].response);
+            long answered = r[0].as<long>(0);
             if (answered != order_id)
                 failures.push_back(k + ": answered order " + std::to_string(answered) + ", placed " +
                                    std::to_string(order_id));

@@ -128,7 +128,8 @@ async function main() {
     if (got.length !== sent.get(k)) failures.push(`${k}: ${got.length} answers for ${sent.get(k)} sends`);
     const first = got.length ? canonical(got[0].response) : null;
     if (got.some((a) => canonical(a.response) !== first)) failures.push(`${k}: copies got different answers: ${got.map((a) => canonical(a.response))}`);
-    if (got.length && got[0].response.order_id !== id) failures.push(`${k}: answered order ${got[0].response.order_id}, placed ${id}`);
+    const answered = got.length ? got[0].response?.order_id : id; // a NULL response: undefined
+    if (answered !== id) failures.push(`${k}: answered order ${answered}, placed ${id}`);
     if (got.filter((a) => !a.replayed).length > 1) failures.push(`${k}: more than one send placed the order`);
   }
   const strangers = [...placed.keys()].filter((k) => !orders.has(k));

@@ -139,8 +139,9 @@ def main():
                 failures.append(f"{k}: {len(got)} answers for {sends.count(k)} sends")
             if any(r != got[0][0] for r, _ in got):
                 failures.append(f"{k}: copies got different answers: {[r for r, _ in got]}")
-            if got and got[0][0].get("order_id") != order_id:
-                failures.append(f"{k}: answered order {got[0][0].get('order_id')}, placed {order_id}")
+            answered = (got[0][0] or {}).get("order_id") if got else order_id  # a NULL response: None
+            if answered != order_id:
+                failures.append(f"{k}: answered order {answered}, placed {order_id}")
             if sum(1 for _, replayed in got if not replayed) > 1:
                 failures.append(f"{k}: more than one send placed the order")
         strangers = set(placed) - set(keys)
