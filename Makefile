@@ -107,7 +107,7 @@ all: core-check
 # format` applies it, `make format-check` (scripts/test) fails on a file that
 # differs. Another clang-format version lays some lines out differently.
 CLANG_FORMAT ?= clang-format-14
-FORMAT_FILES = $(sort $(wildcard src/*.[ch]pp src/*/*.[ch]pp test/*/*.cpp))
+FORMAT_FILES = $(sort $(wildcard src/*.[ch]pp src/*/*.[ch]pp test/*/*.cpp examples/cpp/*.[ch]pp))
 .PHONY: format format-check
 format:
 	$(CLANG_FORMAT) -i $(FORMAT_FILES)
