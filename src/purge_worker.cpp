@@ -81,6 +81,10 @@ int64 run_transaction(Task task, const char* activity)
     {
         SetCurrentStatementStartTimestamp();
         StartTransactionCommand();
+        // A transaction may run no statement (pg_idem not installed), and
+        // the batch's transactions follow each other without a wait: this is
+        // where a SIGTERM or a cancel is answered between them.
+        CHECK_FOR_INTERRUPTS();
         pg::connect();
         PushActiveSnapshot(GetTransactionSnapshot());
         pgstat_report_activity(STATE_RUNNING, activity);
