@@ -12,6 +12,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use IdemTest qw(stop_or_report);
 
 my $node = PostgreSQL::Test::Cluster->new('purge');
 $node->init;
@@ -167,7 +168,7 @@ ok(round_passes() && round_passes() && round_passes(), 'rounds go on');
 unlike(slurp_file($node->logfile, $size_before_drop), qr/ERROR|FATAL/, 'with no errors where pg_idem is not installed');
 
 # Shutdown stops it cleanly: a fast stop that would hang on a stuck worker.
-$node->stop('fast');
-ok(1, 'the server stopped with the launcher running');
+# (A child that does not stop shows its stack: IdemTest::stop_or_report.)
+ok(stop_or_report($node, 'fast', 30), 'the server stopped with the launcher running');
 
 done_testing();

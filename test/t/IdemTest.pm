@@ -4,7 +4,7 @@ use strict;
 use warnings;
 use Exporter 'import';
 use Time::HiRes qw(usleep);
-our @EXPORT_OK = qw(crash_server blocked_or_done);
+our @EXPORT_OK = qw(crash_server blocked_or_done stop_or_report);
 
 # On the machines pg_idem is tested on, process 1 does not reap orphans, so a
 # postmaster killed with SIGKILL would stay a zombie and PostgreSQL would take
@@ -43,6 +43,35 @@ sub blocked_or_done
 		                   WHERE position('$text' IN query) > 0 AND state = 'active'
 		                     AND pid <> pg_backend_pid()
 		                     AND wait_event_type IS DISTINCT FROM 'Lock')});
+}
+
+# Stops the server (pg_ctl -m $mode) waiting at most $timeout seconds. If it
+# does not stop, prints what every child of the postmaster still running is
+# doing (its state and signal masks from /proc, its stack from gdb), so that
+# a child that ignores the shutdown shows where it is stuck, then stops the
+# server immediately. Returns whether the first stop worked.
+sub stop_or_report
+{
+	my ($node, $mode, $timeout) = @_;
+	my $pid = $node->{_pid} or die 'the server is not running';
+	my $pgdata = $node->data_dir;
+	if (system('pg_ctl', '-D', $pgdata, '-m', $mode, '-t', $timeout, 'stop') == 0)
+	{
+		$node->_update_pid(0);
+		return 1;
+	}
+	# diag, not print: PostgreSQL::Test::Utils sends STDOUT and STDERR to the
+	# test's log file alone.
+	Test::More::diag("pg_ctl -m $mode stop did not finish in $timeout s; the postmaster's children:");
+	for my $child (split ' ', `pgrep -P $pid`)
+	{
+		Test::More::diag('--- ', `ps -o pid=,stat=,pcpu=,args= -p $child`,
+			grep({ /^(State|Sig)/ } `cat /proc/$child/status 2>/dev/null`),
+			grep({ /^#/ } `gdb -p $child -batch -ex bt 2>/dev/null`));
+	}
+	system('pg_ctl', '-D', $pgdata, '-m', 'immediate', 'stop');
+	$node->_update_pid(-1);
+	return 0;
 }
 
 1;
