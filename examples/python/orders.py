@@ -78,7 +78,15 @@ class OrderService:
                     response = {"order_id": order_id, "status": "placed"}
                     conn.execute("SELECT idem_finish(%s, 'orders', %s)", (key, Jsonb(response)))
                 return response, False  # COMMIT succeeded
-            except psycopg.Error as e:
+            except (psycopg.Error, AssertionError) as e:
+                if isinstance(e, AssertionError):
+                    # psycopg 3.1 can fail an internal assertion in its
+                    # transaction block when the server ends the connection
+                    # under it (pg_terminate_backend during COMMIT or
+                    # ROLLBACK): the connection's state is unknown, so drop
+                    # it and treat this as a lost connection.
+                    if self.conn is not None:
+                        self.conn.close()
                 if self.conn is None or self.conn.closed:
                     # Connection lost (killed, server restarted, network), also
                     # during COMMIT, when nobody knows whether it committed:
