@@ -123,6 +123,17 @@ inline Oid extension_schema(const char* extension)
 #endif
 }
 
+// An index scan of `heap` through `index` with `nkeys` scan keys: 18 added
+// an instrumentation argument (nullptr: none).
+inline IndexScanDesc index_scan_begin(Relation heap, Relation index, Snapshot snapshot, int nkeys)
+{
+#if PG_VERSION_NUM >= 180000
+    return index_beginscan(heap, index, snapshot, nullptr, nkeys, 0);
+#else
+    return index_beginscan(heap, index, snapshot, nkeys, 0);
+#endif
+}
+
 // Runs what follows with pg_catalog alone on the search path (pg_temp not
 // searched) until the matching pop_catalog_search_path(level). An error in
 // between needs no pop: (sub)transaction abort undoes the push.
