@@ -22,11 +22,14 @@
 
 extern "C" {
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 }
@@ -124,7 +127,7 @@ ClaimOutcome granted(const ClaimRequest& r, FunctionCallInfo fcinfo, TimestampTz
         pg::run(date_claim, fcinfo, values, nulls);
     }
     own_claims::remember(r.key_hash);
-    stats::count(stats::claim_new, r.scope.scope);
+    count_granted(stats::claim_new, r, fcinfo);
     return ClaimOutcome{ClaimStatus::new_claim, false, 0};
 }
 
@@ -256,6 +259,36 @@ ClaimOutcome claim_rounds(const ClaimRequest& r, FunctionCallInfo fcinfo, Memory
 }
 
 }  // namespace
+
+namespace {
+
+// Whether the caller (the role outside pg_idem's SECURITY DEFINER functions)
+// may read idem_scope_stats, pg_monitor by default, and so be told which
+// scopes exist.
+bool may_read_scope_stats(FunctionCallInfo fcinfo)
+{
+    Oid view = get_relname_relid("idem_scope_stats", get_func_namespace(fcinfo->flinfo->fn_oid));
+    return OidIsValid(view) && pg_class_aclcheck(view, GetOuterUserId(), ACL_SELECT) == ACLCHECK_OK;
+}
+
+}  // namespace
+
+void count_granted(stats::Event event, const ClaimRequest& r, FunctionCallInfo fcinfo)
+{
+    stats::SwapSign sign = stats::count_claim(event, r.scope.scope, r.key.key);
+    bool key_is_scope = sign.key_is_scope && may_read_scope_stats(fcinfo);
+    if (!key_is_scope && !sign.key_repeats)
+        return;
+    const char* key = pg::key_for_message(r.key.key);
+    const char* scope = scope_for_message(r.scope);
+    ereport(WARNING,
+            (errcode(ERRCODE_WARNING), errmsg("key %s and scope %s look swapped", key, scope),
+             key_is_scope
+                 ? errdetail("Scope %s is new, and key %s is the name of another scope of this database.", scope, key)
+                 : errdetail("Scope %s is new, and so were the %d scopes before it, each first claimed with key %s.",
+                             scope, stats::swapped_streak - 1, key),
+             errhint("Pass the request's key first and the scope second.")));
+}
 
 // The claim's waits for the key's holder end after pg_idem.wait_timeout,
 // and their 55P03 names the key.

@@ -5,6 +5,7 @@
 #pragma once
 
 #include "pg/args.hpp"
+#include "stats.hpp"
 
 extern "C" {
 #include "storage/proc.h"
@@ -31,6 +32,11 @@ struct ClaimRequest {
     bool has_fingerprint;
     pg_uuid_t fingerprint;  // of idem_begin's request (fingerprint.hpp)
 };
+
+// Counts a claim granted (stats::claim_new, stats::hold_new), and warns
+// when its key and scope look swapped (stats::count_claim says when; that
+// the key names a scope, only to a role that may read idem_scope_stats).
+void count_granted(stats::Event event, const ClaimRequest& r, FunctionCallInfo fcinfo);
 
 pg_uuid_t key_hash_of(const pg::ScopeArg& scope, const pg::KeyArg& key);
 

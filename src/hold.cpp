@@ -171,7 +171,7 @@ Answer started(const ClaimRequest& r, FunctionCallInfo fcinfo, int64 fence, cons
                        TimestampTzGetDatum(plus(now, hold)), IntervalPGetDatum(hold), TimestampTzGetDatum(expiry.at)};
     const char nulls[6] = {' ', ' ', ' ', ' ', ' ', expiry.never ? 'n' : ' '};
     pg::run(start_hold, fcinfo, values, nulls);
-    stats::count(stats::hold_new, r.scope.scope);
+    count_granted(stats::hold_new, r, fcinfo);
     return Answer{"new", true, fence, false, true, true, 0, 0, false, 0};
 }
 

@@ -17,6 +17,7 @@
 
 extern "C" {
 #include "access/xact.h"
+#include "common/hashfn.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
@@ -137,6 +138,9 @@ void zero_database(DbStats* d)
         pg_atomic_write_u64(&c, 0);
     pg_atomic_write_u64(&d->scope_events_dropped, 0);
     pg_atomic_write_u64(&d->scopes_dropped, 0);
+    d->new_scope_role = InvalidOid;
+    d->new_scope_key = 0;
+    d->new_scope_key_streak = 0;
     d->reset_at = GetCurrentTimestamp();
 }
 
@@ -219,31 +223,54 @@ void count(Event event, uint64_t n)
     touch(d);
 }
 
-void count(Event event, Scope scope, uint64_t n)
+namespace {
+
+// What a new scope's first claim with `key` says (stats.hpp), under the
+// exclusive lock.
+SwapSign swap_sign_locked(DbStats* d, Scope scope, Key key)
+{
+    SwapSign sign;
+    Oid role = GetOuterUserId();  // the caller, not pg_idem's SECURITY DEFINER owner
+    uint64 hash = hash_bytes_extended(reinterpret_cast<const unsigned char*>(key.text.data),
+                                      static_cast<int>(key.text.size), 0);
+    bool same = d->new_scope_key_streak > 0 && d->new_scope_role == role && d->new_scope_key == hash;
+    d->new_scope_key_streak = same ? d->new_scope_key_streak + 1 : 1;
+    d->new_scope_role = role;
+    d->new_scope_key = hash;
+    sign.key_repeats = d->new_scope_key_streak >= swapped_streak;
+    bool key_differs = !(key.text.size == scope.text.size &&
+                         std::memcmp(key.text.data, scope.text.data, key.text.size) == 0);
+    sign.key_is_scope = key_differs && has_scope_locked(pg_atomic_read_u32(&d->dbid), key.text);
+    return sign;
+}
+
+// Counts `event` in `scope`; `key`, when given, is the key of a claim
+// granted there, for the swap sign of a new scope.
+SwapSign count_in_scope(Event event, Scope scope, uint64_t n, const Key* key)
 {
     if (shared == nullptr)
-        return;
+        return SwapSign{};
     if (event >= scope_event_count) {
         count(event, n);
-        return;
+        return SwapSign{};
     }
 
-    ScopeKey key;
-    key.dbid = MyDatabaseId;
+    ScopeKey skey;
+    skey.dbid = MyDatabaseId;
     size_t len = scope.text.size < max_scope_bytes ? scope.text.size : max_scope_bytes;
-    std::memcpy(key.scope, scope.text.data, len);
-    key.scope[len] = '\0';
+    std::memcpy(skey.scope, scope.text.data, len);
+    skey.scope[len] = '\0';
 
     DbStats* d = this_database();
     pg_atomic_fetch_add_u64(&d->counters[event], n);
     touch(d);
 
     LWLockAcquire(shared->lock, LW_SHARED);
-    auto* entry = static_cast<IndexEntry*>(hash_search(scope_index, &key, HASH_FIND, nullptr));
+    auto* entry = static_cast<IndexEntry*>(hash_search(scope_index, &skey, HASH_FIND, nullptr));
     if (entry != nullptr) {
         pg_atomic_fetch_add_u64(&slots[entry->slot].counters[event], n);
         LWLockRelease(shared->lock);
-        return;
+        return SwapSign{};
     }
     LWLockRelease(shared->lock);
 
@@ -252,12 +279,29 @@ void count(Event event, Scope scope, uint64_t n)
     // is only ever given to a database that has an entry.
     d = claim_database_locked();
     my_db = d;
-    int s = scope_slot_locked(&key);
+    SwapSign sign;
+    bool created;
+    int s = scope_slot_locked(&skey, &created);
     if (s >= 0)
         pg_atomic_fetch_add_u64(&slots[s].counters[event], n);
     else
         pg_atomic_fetch_add_u64(&d->scope_events_dropped, n);
+    if (created && key != nullptr)
+        sign = swap_sign_locked(d, scope, *key);
     LWLockRelease(shared->lock);
+    return sign;
+}
+
+}  // namespace
+
+void count(Event event, Scope scope, uint64_t n)
+{
+    count_in_scope(event, scope, n, nullptr);
+}
+
+SwapSign count_claim(Event event, Scope scope, Key key)
+{
+    return count_in_scope(event, scope, 1, &key);
 }
 
 }  // namespace idem::stats

@@ -40,4 +40,17 @@ void init_preloaded();
 void count(Event event, uint64_t n = 1);
 void count(Event event, Scope scope, uint64_t n = 1);
 
+// What a new scope's first claim says about the order of its arguments.
+struct SwapSign {
+    bool key_is_scope = false;  // the key is the name of a scope of this database
+    bool key_repeats = false;  // this role's last swapped_streak new scopes were first claimed with this key
+};
+constexpr int swapped_streak = 3;
+
+// Counts `event` (a claim granted: claim_new, hold_new) for `key` in `scope`.
+// Where `scope` is new to the statistics, also tells whether key and scope
+// look swapped (idem_claim('orders', request_key) makes every request a
+// scope of its own, all claimed with the key 'orders').
+SwapSign count_claim(Event event, Scope scope, Key key);
+
 }  // namespace idem::stats

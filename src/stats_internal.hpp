@@ -29,6 +29,12 @@ struct DbStats {
     pg_atomic_uint64 counters[event_count];
     pg_atomic_uint64 scope_events_dropped;  // events the dropped scopes had counted
     pg_atomic_uint64 scopes_dropped;  // scopes that made room for another
+    // Under the exclusive lock: the role and the hash of the key of the
+    // latest new scope's first claim, and how many new scopes in a row had
+    // both.
+    Oid new_scope_role;
+    uint64 new_scope_key;
+    int new_scope_key_streak;
 };
 
 struct ScopeKey {
@@ -82,8 +88,10 @@ int scope_key_compare(const void* a, const void* b, Size);
 // Frees the slots of one database's scopes (reset, or its entry taken over).
 void drop_scopes_locked(Oid dbid);
 // The slot of `key`, given one now if it has none (the least active scope
-// makes room); -1 if the index is out of memory (it is sized for every
-// slot, so never).
-int scope_slot_locked(const ScopeKey* key);
+// makes room, and *created is set); -1 if the index is out of memory (it is
+// sized for every slot, so never).
+int scope_slot_locked(const ScopeKey* key, bool* created);
+// Whether `name` is a scope with statistics in database `dbid`.
+bool has_scope_locked(Oid dbid, Text name);
 
 }  // namespace idem::stats

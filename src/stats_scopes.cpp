@@ -152,8 +152,20 @@ void drop_scopes_locked(Oid dbid)
             free_slot_locked(s);
 }
 
-int scope_slot_locked(const ScopeKey* key)
+bool has_scope_locked(Oid dbid, Text name)
 {
+    if (name.size > max_scope_bytes)
+        return false;
+    ScopeKey key;
+    std::memset(&key, 0, sizeof key);
+    key.dbid = dbid;
+    std::memcpy(key.scope, name.data, name.size);
+    return hash_search(scope_index, &key, HASH_FIND, nullptr) != nullptr;
+}
+
+int scope_slot_locked(const ScopeKey* key, bool* created)
+{
+    *created = false;
     auto* entry = static_cast<IndexEntry*>(hash_search(scope_index, key, HASH_FIND, nullptr));
     if (entry != nullptr)
         return entry->slot;
@@ -182,6 +194,7 @@ int scope_slot_locked(const ScopeKey* key)
         shared->candidates[shared->ncandidates++] = s;
     else
         shared->candidates_valid = false;
+    *created = true;
     return s;
 }
 

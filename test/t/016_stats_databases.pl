@@ -46,8 +46,8 @@ $node->safe_psql('shop', q{SELECT idem_claim('c-' || g, 'carts') FROM generate_s
 # A busy scope, then a flood of one-event scopes: 1,000 rolled back, 1,000
 # committed, in a table of 10 scopes shared by both databases.
 $node->safe_psql('postgres', q{SELECT idem_claim('b-' || g, 'busy') FROM generate_series(1, 20) g});
-$node->safe_psql('postgres', q{BEGIN; SELECT count(idem_claim('k', 'junk-' || g)) FROM generate_series(1, 1000) g; ROLLBACK});
-$node->safe_psql('postgres', q{SELECT count(idem_claim('k', 'junk-' || g)) FROM generate_series(1001, 2000) g});
+$node->safe_psql('postgres', q{BEGIN; SELECT count(idem_claim('k-' || g, 'junk-' || g)) FROM generate_series(1, 1000) g; ROLLBACK});
+$node->safe_psql('postgres', q{SELECT count(idem_claim('k-' || g, 'junk-' || g)) FROM generate_series(1001, 2000) g});
 is($node->safe_psql('postgres', q{SELECT new_claims FROM idem_scope_stats WHERE scope = 'busy'}),
 	'20', 'a busy scope survives a flood of 2,000 scopes, rolled back and committed');
 is($node->safe_psql('postgres', q{SELECT new_claims, duplicates FROM idem_scope_stats WHERE scope = 'orders'}),
@@ -73,12 +73,12 @@ is($node->safe_psql('postgres', q{
 $node->safe_psql('postgres', q{SELECT idem_claim('l-' || g, 'late') FROM generate_series(1, 5) g});
 is($node->safe_psql('postgres', q{SELECT new_claims, counted_since <= now() FROM idem_scope_stats WHERE scope = 'late'}),
 	'5|t', 'a busy scope started after the flood shows');
-$node->safe_psql('postgres', q{BEGIN; SELECT count(idem_claim('k', 'junk-' || g)) FROM generate_series(3001, 4000) g; ROLLBACK});
+$node->safe_psql('postgres', q{BEGIN; SELECT count(idem_claim('k-' || g, 'junk-' || g)) FROM generate_series(3001, 4000) g; ROLLBACK});
 is($node->safe_psql('postgres', q{SELECT string_agg(scope || '=' || new_claims, ',' ORDER BY scope) FROM idem_scope_stats WHERE scope NOT LIKE 'junk-%'}),
 	'busy=20,late=5,orders=3', 'and stays through the next flood');
 
 # Another database's flood does not push this one's busy scopes out either.
-$node->safe_psql('shop', q{BEGIN; SELECT count(idem_claim('k', 'junk-' || g)) FROM generate_series(1, 1000) g; ROLLBACK});
+$node->safe_psql('shop', q{BEGIN; SELECT count(idem_claim('k-' || g, 'junk-' || g)) FROM generate_series(1, 1000) g; ROLLBACK});
 is($node->safe_psql('postgres', q{SELECT string_agg(scope || '=' || new_claims, ',' ORDER BY scope) FROM idem_scope_stats WHERE scope NOT LIKE 'junk-%'}),
 	'busy=20,late=5,orders=3', 'nor does a flood in the other database');
 is($node->safe_psql('shop', q{SELECT new_claims FROM idem_scope_stats WHERE scope = 'carts'}), '5', 'whose own busy scope stays too');
