@@ -231,15 +231,15 @@ SwapSign swap_sign_locked(DbStats* d, Scope scope, Key key)
 {
     SwapSign sign;
     Oid role = GetOuterUserId();  // the caller, not pg_idem's SECURITY DEFINER owner
-    uint64 hash = hash_bytes_extended(reinterpret_cast<const unsigned char*>(key.text.data),
-                                      static_cast<int>(key.text.size), 0);
+    uint64 hash =
+        hash_bytes_extended(reinterpret_cast<const unsigned char*>(key.text.data), static_cast<int>(key.text.size), 0);
     bool same = d->new_scope_key_streak > 0 && d->new_scope_role == role && d->new_scope_key == hash;
     d->new_scope_key_streak = same ? d->new_scope_key_streak + 1 : 1;
     d->new_scope_role = role;
     d->new_scope_key = hash;
     sign.key_repeats = d->new_scope_key_streak >= swapped_streak;
-    bool key_differs = !(key.text.size == scope.text.size &&
-                         std::memcmp(key.text.data, scope.text.data, key.text.size) == 0);
+    bool key_differs =
+        !(key.text.size == scope.text.size && std::memcmp(key.text.data, scope.text.data, key.text.size) == 0);
     sign.key_is_scope = key_differs && has_scope_locked(pg_atomic_read_u32(&d->dbid), key.text);
     return sign;
 }
