@@ -20,6 +20,12 @@ COMMENT ON TABLE @extschema@.idem_stock_ledger IS
     'Hot-stock takes and adds, one row each, until the purge worker folds committed ones into idem_stock_items';
 COMMENT ON COLUMN @extschema@.idem_stock_ledger.item IS 'The item taken or added to';
 COMMENT ON COLUMN @extschema@.idem_stock_ledger.delta IS 'Units: positive for an add, negative for a take';
+-- Logical replication (a publication FOR ALL TABLES, a Citus shard move)
+-- needs a replica identity to replicate the fold's DELETEs. Ledger rows have
+-- no key, and one from a sequence would collide after a switchover to a
+-- subscriber, whose sequence did not follow the publisher's: the whole row
+-- identifies it, and two equal rows are interchangeable.
+ALTER TABLE @extschema@.idem_stock_ledger REPLICA IDENTITY FULL;
 REVOKE ALL ON @extschema@.idem_stock_items, @extschema@.idem_stock_ledger FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.idem_stock_items', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.idem_stock_ledger', '');
