@@ -3,6 +3,7 @@
 #include "pg/guard.hpp"
 #include "pg/spi.hpp"
 #include "purge_internal.hpp"
+#include "replication.hpp"
 #include "stats.hpp"
 
 extern "C" {
@@ -46,9 +47,27 @@ pg::Statement delete_expired_leases = {IDEM_DELETE_EXPIRED("idem_leases"), 3, {T
 // A multi-step request's hold row expires with its claim row.
 pg::Statement delete_expired_holds = {IDEM_DELETE_EXPIRED("idem_holds"), 3, {TIMESTAMPTZOID, INT8OID, TIDOID}};
 
-pg::Statement* const expiring_tables[expiring_table_count] = {&delete_expired_claims, &delete_expired_tokens,
-                                                              &delete_expired_leases, &delete_expired_holds};
+struct ExpiringTable {
+    const char* name;
+    pg::Statement* delete_expired;
+};
+const ExpiringTable expiring_tables[expiring_table_count] = {{"idem_claims", &delete_expired_claims},
+                                                             {"idem_tokens", &delete_expired_tokens},
+                                                             {"idem_leases", &delete_expired_leases},
+                                                             {"idem_holds", &delete_expired_holds}};
 #undef IDEM_DELETE_EXPIRED
+
+// The end of the cursor's table: the next pass starts at its beginning.
+// Returns whether that was the last table (then the cursor is done).
+bool next_table(Cursor* cursor)
+{
+    ItemPointerSet(&cursor->after[cursor->table], 0, 0);
+    if (++cursor->table < expiring_table_count)
+        return false;
+    cursor->table = 0;
+    cursor->done = true;
+    return true;
+}
 
 }  // namespace
 
@@ -84,8 +103,16 @@ int64 delete_expired(Oid extension_namespace, TimestampTz now, int64 max_rows, C
     while (locked < max_rows) {
         int t = cursor->table;
         int64 limit = max_rows - locked;
+        if (replication::subscribed(extension_namespace, expiring_tables[t].name)) {
+            // The publisher's purge deletes its rows (replication.hpp).
+            ereport(DEBUG1, (errmsg("pg_idem: not purging %s: a subscription replicates it into this database",
+                                    expiring_tables[t].name)));
+            if (next_table(cursor))
+                break;
+            continue;
+        }
         Datum values[3] = {TimestampTzGetDatum(now), Int64GetDatum(limit), PointerGetDatum(&cursor->after[t])};
-        pg::run(*expiring_tables[t], extension_namespace, values, nullptr);
+        pg::run(*expiring_tables[t].delete_expired, extension_namespace, values, nullptr);
         bool isnull, last_null;
         deleted += DatumGetInt64(pg::result_value(0, 1, &isnull));
         int64 n = DatumGetInt64(pg::result_value(0, 2, &isnull));
@@ -96,13 +123,8 @@ int64 delete_expired(Oid extension_namespace, TimestampTz now, int64 max_rows, C
                             &cursor->after[t]);  // more may follow
             continue;
         }
-        // The end of this table: the next pass starts at its beginning.
-        ItemPointerSet(&cursor->after[t], 0, 0);
-        if (++cursor->table == expiring_table_count) {
-            cursor->table = 0;
-            cursor->done = true;
+        if (next_table(cursor))
             break;
-        }
     }
     stats::count(stats::rows_purged, static_cast<uint64_t>(deleted));
     return deleted;

@@ -9,6 +9,7 @@
 #include "pg/args.hpp"
 #include "pg/guard.hpp"
 #include "pg/spi.hpp"
+#include "replication.hpp"
 
 extern "C" {
 #include "catalog/pg_type.h"
@@ -247,6 +248,18 @@ int64 lock_row_level(const StockItem& s)
                            pg::key_for_message(Key{s.item.text})),
                     errdetail("Units being added by transactions still in flight count too.")));
     pg_unreachable();
+}
+
+void refuse_if_subscribed(const StockItem& s)
+{
+    if (!replication::subscribed(s.nsp, "idem_stock_items") && !replication::subscribed(s.nsp, "idem_stock_ledger"))
+        return;
+    ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                    errmsg("item %s is replicated into this database by a subscription",
+                           pg::key_for_message(Key{s.item.text})),
+                    errdetail("A level loaded here would not follow the publisher's takes and adds."),
+                    errhint("Take and add on the publisher; once the application has switched over to this "
+                            "database, disable or drop the subscription.")));
 }
 
 namespace {

@@ -1,0 +1,21 @@
+// Logical replication into a database that has pg_idem (SPEC "Beyond one
+// machine"): while a subscription replicates one of pg_idem's tables into
+// this database, the publisher's changes are the table's only writer. The
+// purge leaves such a table to the publisher's purge: a row it deleted here
+// that the publisher renews meanwhile would be missing when the application
+// switches over (the renewal's UPDATE finds no row to apply to), and a
+// retry would then be answered as new.
+#pragma once
+
+#include "pg/postgres.hpp"
+
+namespace idem::replication {
+
+// Whether an enabled subscription replicates `table` of the extension
+// installed in `extension_namespace` into this database. Runs inside
+// SPI_connect. A disabled subscription does not count: nothing arrives
+// through it (re-enabling it after writes on both sides is a split brain
+// that no check here can repair).
+bool subscribed(Oid extension_namespace, const char* table);
+
+}  // namespace idem::replication
