@@ -57,8 +57,8 @@ const ExpiringTable expiring_tables[expiring_table_count] = {{"idem_claims", &de
                                                              {"idem_holds", &delete_expired_holds}};
 #undef IDEM_DELETE_EXPIRED
 
-// The end of the cursor's table: the next pass starts at its beginning.
-// Returns whether that was the last table (then the cursor is done).
+}  // namespace
+
 bool next_table(Cursor* cursor)
 {
     ItemPointerSet(&cursor->after[cursor->table], 0, 0);
@@ -68,8 +68,6 @@ bool next_table(Cursor* cursor)
     cursor->done = true;
     return true;
 }
-
-}  // namespace
 
 void define_gucs()
 {

@@ -44,6 +44,10 @@ struct Cursor {
     bool done;  // the last call reached the end of the last table
 };
 void start_cursor(Cursor* cursor);
+// Leaves the rest of the cursor's table for the next pass and goes on to
+// the next table. Returns whether that was the last one (then the cursor is
+// done and starts again at the beginning).
+bool next_table(Cursor* cursor);
 
 // Deletes expired rows of pg_idem's tables (expired before `now`), in the
 // extension installed in `extension_namespace`, going on from `cursor`: it

@@ -12,7 +12,8 @@
 // After visit_ms with rows left it exits too, and tells the launcher so,
 // which comes back soon instead of after pg_idem.purge_interval.
 //
-// An error (a cancel too) ends the visit: it is logged, and the next round
+// An error ends the visit once the batch has done the other tables and the
+// fold; a cancel ends it at once. Either is logged, and the next round
 // comes back. A cancel while it pauses between batches only wakes it.
 // SIGTERM ends it (die), and so does the postmaster's death, checked
 // between transactions and in every wait. Its background worker type is
@@ -76,10 +77,11 @@ int64 fold_ledger(Oid nsp)
 // What a transaction came to.
 constexpr int64 failed = -1;  // an error, which is logged
 constexpr int64 not_installed = -2;  // pg_idem is not installed in this database
+constexpr int64 canceled = -3;  // a cancel (or a statement_timeout), which is logged
 
 // `task` in a transaction of its own, so that one task's error does not
 // undo the other's work. Returns how many rows it deleted or folded, or
-// failed, or not_installed.
+// failed, canceled or not_installed.
 int64 run_transaction(Task task, const char* activity)
 {
     MemoryContext cxt = CurrentMemoryContext;
@@ -105,11 +107,13 @@ int64 run_transaction(Task task, const char* activity)
     PG_CATCH();
     {
         MemoryContextSwitchTo(cxt);
+        ErrorData* error = CopyErrorData();
         EmitErrorReport();
         FlushErrorState();
         AbortCurrentTransaction();
         pgstat_report_activity(STATE_IDLE, nullptr);
-        done = failed;
+        done = error->sqlerrcode == ERRCODE_QUERY_CANCELED ? canceled : failed;
+        FreeErrorData(error);
     }
     PG_END_TRY();
     return done;
@@ -124,18 +128,30 @@ void exit_if_postmaster_died()
 
 // One batch: purge transactions until batch_size rows or nothing is left,
 // then the fold. Returns whether more may be waiting (a batch was full), or
-// false after an error, or when pg_idem is not installed (`*gone`).
+// false after an error, or when pg_idem is not installed or the visit was
+// canceled (`*gone`).
+//
+// A table whose purge fails (a lock_timeout, a publication that its replica
+// identity does not suit) is left for the next round, and the batch goes on
+// with the next table: one table's error never keeps the others, or the
+// fold, from being done.
 bool run_batch(MemoryContext batch_cxt, bool* gone)
 {
     int64 purged = 0;
-    bool purge_more = false;
+    bool purge_more = false, any_failed = false;
     for (;;) {
         purge_chunk_rows = Min(rows_per_transaction, static_cast<int64>(batch_size) - purged);
         int64 n = run_transaction(purge_expired, "pg_idem purge");
         MemoryContextReset(batch_cxt);
-        if (n == not_installed || n == failed) {
+        if (n == not_installed || n == canceled) {
             *gone = true;
             return false;
+        }
+        if (n == failed) {
+            any_failed = true;
+            if (next_table(&purge_cursor))
+                break;
+            continue;
         }
         purged += n;
         if (purge_cursor.done)
@@ -148,7 +164,9 @@ bool run_batch(MemoryContext batch_cxt, bool* gone)
     }
     int64 folded = run_transaction(fold_ledger, "pg_idem fold hot-stock ledger");
     MemoryContextReset(batch_cxt);
-    return purge_more || folded >= batch_size;
+    if (folded == canceled)
+        return false;
+    return !any_failed && (purge_more || folded >= batch_size);
 }
 
 // The visit's batches: until nothing is left (false) or visit_ms has passed

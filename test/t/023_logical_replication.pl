@@ -13,7 +13,7 @@
 # worker does not fold the stock ledger, and hot stock refuses to load an
 # item (55000). Last, a table's replica identity is dropped on purpose: the
 # publisher's UPDATEs and DELETEs of it then fail, which the load above would
-# have met.
+# have met, and the purge goes on with the other tables.
 #
 # Nothing is timed: each step waits for a state it can see.
 use strict;
@@ -206,15 +206,36 @@ ok($sub->poll_query_until('postgres', q{
 	   AND NOT EXISTS (SELECT FROM idem_claims WHERE key = 'gone-after-switchover')}),
 	"the subscriber's own purge and fold work once the subscription is gone");
 
-# A replica identity dropped on purpose: the publisher's finishes and
-# renewals of claims, and the fold, fail while it publishes the table, as
-# the load above would have failed.
+# A replica identity dropped on purpose: the publisher's finishes of
+# claims fail while it publishes the table, as the load above would have
+# failed, and so does the purge of its expired rows; the purge of the other
+# tables and the fold go on.
 $pub->safe_psql('postgres', 'ALTER TABLE idem_claims REPLICA IDENTITY NOTHING');
 ($ret, $stdout, $stderr) = $pub->psql('postgres', q{SELECT pay('no-identity', interval '1 hour')});
 like($stderr, qr/cannot update table "idem_claims" because it does not have a replica identity and publishes updates/,
 	'without a replica identity idem_finish fails under a publication');
+$pub->safe_psql('postgres', q{
+	SELECT count(idem_claim('stuck-' || g, 'shop', interval '1 millisecond')) FROM generate_series(1, 10) g;
+	SELECT count(idem_token_issue('stuck', interval '1 millisecond')) FROM generate_series(1, 10) g;
+	SELECT idem_lease_acquire('stuck', 'nobody', interval '1 millisecond');
+});
+my $log_offset = -s $pub->logfile;
+$pub->safe_psql('postgres', q{ALTER SYSTEM SET pg_idem.database = '*'; SELECT pg_reload_conf()});
+ok($pub->poll_query_until('postgres', q{
+	SELECT NOT EXISTS (SELECT FROM idem_tokens WHERE scope = 'stuck')
+	   AND NOT EXISTS (SELECT FROM idem_leases WHERE name = 'stuck')
+	   AND NOT EXISTS (SELECT FROM idem_stock_ledger)}),
+	'the purge of tokens and leases, and the fold, go on while the purge of claims fails');
+like(slurp_file($pub->logfile, $log_offset),
+	qr/cannot delete from table "idem_claims" because it does not have a replica identity and publishes deletes/,
+	'which the purge worker logs');
+is($pub->safe_psql('postgres', q{SELECT count(*) FROM idem_claims WHERE key LIKE 'stuck-%'}), '10',
+	'and the expired claims stay');
 $pub->safe_psql('postgres', 'ALTER TABLE idem_claims REPLICA IDENTITY DEFAULT');
-is($pub->safe_psql('postgres', q{SELECT pay('no-identity', interval '1 hour')}), 'new', 'and works with it again');
+is($pub->safe_psql('postgres', q{SELECT pay('no-identity', interval '1 hour')}), 'new',
+	'with the replica identity back, idem_finish works');
+ok($pub->poll_query_until('postgres', q{SELECT NOT EXISTS (SELECT FROM idem_claims WHERE key LIKE 'stuck-%')}),
+	'and the purge of claims');
 
 $sub->stop;
 $pub->stop;
