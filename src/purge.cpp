@@ -90,7 +90,10 @@ void start_cursor(Cursor* cursor)
 {
     for (auto& tid : cursor->after)
         ItemPointerSet(&tid, 0, 0);  // before the first row: offsets start at 1
+    for (bool& skipped : cursor->skipped)
+        skipped = false;
     cursor->table = 0;
+    cursor->last_run = 0;
     cursor->done = false;
 }
 
@@ -101,6 +104,12 @@ int64 delete_expired(Oid extension_namespace, TimestampTz now, int64 max_rows, C
     while (locked < max_rows) {
         int t = cursor->table;
         int64 limit = max_rows - locked;
+        if (cursor->skipped[t]) {
+            if (next_table(cursor))
+                break;
+            continue;
+        }
+        cursor->last_run = t;
         if (replication::subscribed(extension_namespace, expiring_tables[t].name)) {
             // The publisher's purge deletes its rows (replication.hpp).
             ereport(DEBUG1, (errmsg("pg_idem: not purging %s: a subscription replicates it into this database",

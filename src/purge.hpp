@@ -40,7 +40,9 @@ constexpr int64 rows_per_transaction = 100;
 constexpr int expiring_table_count = 4;
 struct Cursor {
     ItemPointerData after[expiring_table_count];
+    bool skipped[expiring_table_count];  // left alone until the cursor starts again
     int table;  // the table the next statement looks at
+    int last_run;  // the table the last statement was run for
     bool done;  // the last call reached the end of the last table
 };
 void start_cursor(Cursor* cursor);

@@ -12,8 +12,8 @@
 // After visit_ms with rows left it exits too, and tells the launcher so,
 // which comes back soon instead of after pg_idem.purge_interval.
 //
-// An error ends the visit once the batch has done the other tables and the
-// fold; a cancel ends it at once. Either is logged, and the next round
+// An error in one table's purge leaves that table alone for the rest of the
+// visit; a cancel ends the visit. Either is logged, and the next round
 // comes back. A cancel while it pauses between batches only wakes it.
 // SIGTERM ends it (die), and so does the postmaster's death, checked
 // between transactions and in every wait. Its background worker type is
@@ -132,13 +132,13 @@ void exit_if_postmaster_died()
 // canceled (`*gone`).
 //
 // A table whose purge fails (a lock_timeout, a publication that its replica
-// identity does not suit) is left for the next round, and the batch goes on
-// with the next table: one table's error never keeps the others, or the
-// fold, from being done.
+// identity does not suit) is left alone for the rest of the visit, and the
+// purge goes on with the other tables: one table's error keeps neither the
+// others nor the fold from being done. The next visit tries it again.
 bool run_batch(MemoryContext batch_cxt, bool* gone)
 {
     int64 purged = 0;
-    bool purge_more = false, any_failed = false;
+    bool purge_more = false;
     for (;;) {
         purge_chunk_rows = Min(rows_per_transaction, static_cast<int64>(batch_size) - purged);
         int64 n = run_transaction(purge_expired, "pg_idem purge");
@@ -148,9 +148,12 @@ bool run_batch(MemoryContext batch_cxt, bool* gone)
             return false;
         }
         if (n == failed) {
-            any_failed = true;
-            if (next_table(&purge_cursor))
-                break;
+            bool& skipped = purge_cursor.skipped[purge_cursor.last_run];
+            if (skipped) {  // it failed before any table's statement: the visit ends
+                *gone = true;
+                return false;
+            }
+            skipped = true;
             continue;
         }
         purged += n;
@@ -166,7 +169,7 @@ bool run_batch(MemoryContext batch_cxt, bool* gone)
     MemoryContextReset(batch_cxt);
     if (folded == canceled)
         return false;
-    return !any_failed && (purge_more || folded >= batch_size);
+    return purge_more || folded >= batch_size;
 }
 
 // The visit's batches: until nothing is left (false) or visit_ms has passed

@@ -18,4 +18,10 @@ namespace idem::replication {
 // that no check here can repair).
 bool subscribed(Oid extension_namespace, const char* table);
 
+// Whether one subscribes idem_stock_items or idem_stock_ledger: asked on
+// every take, add and level read, so the answer is kept per backend until
+// pg_subscription or pg_subscription_rel changes (their invalidations).
+// Runs inside SPI_connect.
+bool stock_subscribed(Oid extension_namespace);
+
 }  // namespace idem::replication

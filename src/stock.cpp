@@ -250,19 +250,24 @@ int64 lock_row_level(const StockItem& s)
     pg_unreachable();
 }
 
+namespace {
+
+// While a subscription replicates the stock tables into this database, the
+// publisher's takes and adds arrive in the tables, not through shared
+// memory: an entry would not follow them, and would oversell after a
+// switchover. Takes and adds are refused (55000) instead, and levels are
+// read from the tables.
 void refuse_if_subscribed(const StockItem& s)
 {
-    if (!replication::subscribed(s.nsp, "idem_stock_items") && !replication::subscribed(s.nsp, "idem_stock_ledger"))
+    if (!replication::stock_subscribed(s.nsp))
         return;
     ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
                     errmsg("item %s is replicated into this database by a subscription",
                            pg::key_for_message(Key{s.item.text})),
-                    errdetail("A level loaded here would not follow the publisher's takes and adds."),
+                    errdetail("Shared memory would not follow the publisher's takes and adds."),
                     errhint("Take and add on the publisher; once the application has switched over to this "
-                            "database, disable or drop the subscription.")));
+                            "database, drop the subscription.")));
 }
-
-namespace {
 
 // ---- Adding and taking ----------------------------------------------------
 
@@ -350,6 +355,7 @@ IDEM_SQL_FUNCTION(idem_stock_add)
 {
     StockChange c = stock_change(fcinfo, "idem_stock_add()");
     pg::connect();
+    refuse_if_subscribed(c.s);
     ensure_item_row(c.s);
     prepare_book();
     for (;;) {
@@ -383,6 +389,7 @@ IDEM_SQL_FUNCTION(idem_stock_take)
 {
     StockChange c = stock_change(fcinfo, "idem_stock_take()");
     pg::connect();
+    refuse_if_subscribed(c.s);
     prepare_book();
     UnitWait wait = {};
     for (;;) {
@@ -430,14 +437,16 @@ IDEM_SQL_FUNCTION(idem_stock_take)
 // committed level in the tables (takes and adds by row in flight are
 // uncommitted ledger rows, not read); reading it there loads nothing, so a
 // read never evicts an entry. (On a standby shared memory holds no entry at
-// all: takes and adds load them.)
+// all: takes and adds load them.) While a subscription replicates the stock
+// tables, the tables have the level, whatever an entry says.
 IDEM_SQL_FUNCTION(idem_stock_level)
 {
     require_preloaded();
     StockItem s = item_arg(fcinfo);
     pg::connect();
     int64 level;
-    if (Entry* entry = find_locked(s)) {
+    Entry* entry = replication::stock_subscribed(s.nsp) ? nullptr : find_locked(s);
+    if (entry != nullptr) {
         SpinLockAcquire(&entry->mutex);
         level = entry->level;
         SpinLockRelease(&entry->mutex);

@@ -192,7 +192,6 @@ Load insert_entry(const StockItem& s, int64 level, uint32 stamp, bool past_share
 // changes by row mark it.)
 Route load_entry(const StockItem& s, bool past_share)
 {
-    refuse_if_subscribed(s);
     for (;;) {
         LWLockAcquire(entries_lock, LW_SHARED);
         uint32 stamp = eviction_stamp(s.hash);

@@ -276,11 +276,6 @@ bool level_from_tables(const StockItem& s, int64* level);
 void append_to_ledger(const StockItem& s, int64 delta);
 int64 lock_row_level(const StockItem& s);
 [[noreturn]] void raise_beyond_bigint(const StockItem& s, int64 n);
-// An entry loaded while a subscription replicates the stock tables into
-// this database would keep its level when the publisher's changes arrive
-// (they go to the tables, not through shared memory), and oversell after a
-// switchover: loading one is refused (55000) instead.
-void refuse_if_subscribed(const StockItem& s);
 
 // stock_entries.cpp: shared memory, the entries and the wake-ups.
 void request_shmem();
