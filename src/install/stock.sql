@@ -12,11 +12,13 @@ COMMENT ON TABLE @extschema@.idem_stock_items IS
     'Hot-stock items: an item''s level is its row''s level plus its rows in idem_stock_ledger';
 COMMENT ON COLUMN @extschema@.idem_stock_items.item IS 'The item''s name';
 COMMENT ON COLUMN @extschema@.idem_stock_items.level IS 'Units, as of the ledger rows folded in so far';
--- The key is random, not drawn from a sequence: logical replication (a
--- publication FOR ALL TABLES, a Citus shard move) carries rows but not
--- sequences, so a subscriber's sequence would hand out keys of rows it
--- already has once the application switches over to it. It is the replica
--- identity, by which a subscriber finds each row the fold deletes.
+-- The key is made by the take or add (the time, then random bits: see
+-- ledger_key in src/stock.cpp), not drawn from a sequence: logical
+-- replication (a publication FOR ALL TABLES, a Citus shard move) carries
+-- rows but not sequences, so a subscriber's sequence would hand out keys of
+-- rows it already has once the application switches over to it. It is the
+-- replica identity, by which a subscriber finds each row the fold deletes.
+-- (The default serves rows written by hand.)
 CREATE TABLE @extschema@.idem_stock_ledger (
     item  text   NOT NULL,
     delta bigint NOT NULL,
@@ -26,7 +28,7 @@ COMMENT ON TABLE @extschema@.idem_stock_ledger IS
     'Hot-stock takes and adds, one row each, until the purge worker folds committed ones into idem_stock_items';
 COMMENT ON COLUMN @extschema@.idem_stock_ledger.item IS 'The item taken or added to';
 COMMENT ON COLUMN @extschema@.idem_stock_ledger.delta IS 'Units: positive for an add, negative for a take';
-COMMENT ON COLUMN @extschema@.idem_stock_ledger.id IS 'The row''s key (random): its replica identity';
+COMMENT ON COLUMN @extschema@.idem_stock_ledger.id IS 'The row''s key (its time, then random bits): its replica identity';
 REVOKE ALL ON @extschema@.idem_stock_items, @extschema@.idem_stock_ledger FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.idem_stock_items', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.idem_stock_ledger', '');
