@@ -1,20 +1,22 @@
 # Logical replication of pg_idem's tables (SPEC "Beyond one machine"), the
 # way a DBA upgrades PostgreSQL without downtime (README "Logical
-# replication: an upgrade without downtime"): a
-# publication FOR ALL TABLES on a publisher under load (claims and their
-# renewals, idem_begin/idem_finish, tokens, leases, hot stock, the purge), a
-# subscriber created in the middle of it that catches up with a copy equal
-# to the publisher's, then the application switched over to the subscriber:
-# every committed claim is there, a retry is a duplicate, fences go on
-# growing, stock goes on from the publisher's level.
+# replication: an upgrade without downtime"): a publication FOR ALL TABLES
+# on a publisher under load (claims and their renewals, idem_begin and
+# idem_finish, tokens, leases, hot stock, the purge), a subscriber created
+# in the middle of it that catches up with a copy equal to the publisher's,
+# then the application switched over to the subscriber: every committed
+# claim is there, a retry is a duplicate, fences go on growing, stock goes
+# on from the publisher's level.
 #
 # While subscribed, the subscriber leaves pg_idem's tables to the publisher:
 # its purge does not delete their rows (a renewal replicated later would find
 # no row, and the retry after the switchover would be answered as new), its
-# worker does not fold the stock ledger, and hot stock refuses to load an
-# item (55000). Last, a table's replica identity is dropped on purpose: the
-# publisher's UPDATEs and DELETEs of it then fail, which the load above would
-# have met, and the purge goes on with the other tables.
+# worker does not fold the stock ledger, and hot stock refuses takes (55000)
+# and reads levels from the tables, also on a failback to a server whose
+# shared memory had the item loaded. Last, a table's replica identity is
+# dropped on purpose: the publisher's UPDATEs and DELETEs of it then fail,
+# which the load above would have met, and the purge goes on with the other
+# tables.
 #
 # Nothing is timed: each step waits for a state it can see.
 use strict;
