@@ -12,7 +12,7 @@ set -euo pipefail
 self=$(readlink -f "$0")
 cd "$(dirname "$self")"
 if [ -z "${PGPORT:-}" ]; then
-    exec pg_virtualenv -t -o shared_preload_libraries=pg_idem -o pg_idem.database=postgres \
+    exec pg_virtualenv -t -o shared_preload_libraries=pg_idem -o pg_idem.database=postgres -o pg_idem.allow_autocommit=on \
         -o pg_idem.purge_interval=1s -o pg_idem.purge_batch_size=10000 -o pg_idem.purge_delay=${PURGE_DELAY:-10ms} \
         -o fsync=on -o shared_buffers=1GB -o max_wal_size=4GB "$self" "$@"
 fi
@@ -29,8 +29,8 @@ purged() { psql -XAtc "SELECT rows_purged FROM idem_stats"; }
 # on the same table, and no autovacuum of the fresh rows runs meanwhile.
 expire_in=$((duration + 30))
 echo "inserting $rows claims that expire in $expire_in s..."
-psql -X -q -c "INSERT INTO idem_claims (scope, key, claimed_at, expires_at)
-               SELECT 'expiring', md5(g::text), now(), now() + interval '$expire_in s'
+psql -X -q -c "INSERT INTO idem_claims (scope, key, key_hash, claimed_at, expires_at)
+               SELECT 'expiring', md5(g::text), idem_key_hash('expiring', md5(g::text)), now(), now() + interval '$expire_in s'
                FROM generate_series(1, $rows) g" -c "VACUUM ANALYZE idem_claims"
 expires_at=$(psql -XAtc "SELECT extract(epoch FROM max(expires_at)) FROM idem_claims WHERE scope = 'expiring'")
 before=$(pgbench -n -M prepared -c "$clients" -j 2 -T "$duration" -f workloads/claim_new.pgbench 2>&1 | tps)
