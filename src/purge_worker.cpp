@@ -69,7 +69,7 @@ int64 fold_ledger(Oid nsp)
     // (replication.hpp). Folding here as well would make levels wrong until
     // the publisher's next fold: its UPDATE of an item's level sets the
     // level it folded, without the rows folded only here.
-    if (replication::subscribed(nsp, "idem_stock_ledger") || replication::subscribed(nsp, "idem_stock_items"))
+    if (replication::stock_subscribed(nsp))
         return 0;
     return stock::fold_committed_ledger(nsp, batch_size);
 }

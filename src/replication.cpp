@@ -12,59 +12,74 @@ extern "C" {
 namespace idem::replication {
 namespace {
 
-// pg_subscription_rel is per database, pg_subscription shared: the join
-// keeps this database's relations of enabled subscriptions.
-pg::Statement find_subscription = {"SELECT FROM pg_catalog.pg_subscription_rel r "
-                                   "JOIN pg_catalog.pg_subscription s ON s.oid = r.srsubid "
-                                   "WHERE r.srrelid = $1 AND s.subenabled LIMIT 1",
-                                   1,
-                                   {OIDOID}};
+// The tables of pg_idem that enabled subscriptions replicate into this
+// database. pg_subscription_rel is per database, pg_subscription shared;
+// pg_depend keeps the extension's own tables (six), wherever its schema is
+// shared with the application's tables.
+pg::Statement find_subscribed = {"SELECT r.srrelid FROM pg_catalog.pg_subscription_rel r "
+                                 "JOIN pg_catalog.pg_subscription s ON s.oid = r.srsubid "
+                                 "JOIN pg_catalog.pg_depend d ON d.objid = r.srrelid AND d.deptype = 'e' "
+                                 "  AND d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass "
+                                 "JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid AND e.extname = 'pg_idem' "
+                                 "WHERE s.subenabled",
+                                 0,
+                                 {}};
 
-// stock_subscribed's answer, for the extension in stock_namespace, while
-// stock_known. Every invalidation of the two catalogs counts in
-// invalidations: one that arrives while the answer is being read (its
-// statement takes locks, which accept invalidations) leaves it unknown.
-bool stock_known = false;
-bool stock_answer = false;
-Oid stock_namespace = InvalidOid;
+// What find_subscribed found, while `valid`.
+// Every invalidation of the two catalogs counts in `invalidations`: one that
+// arrives while the tables are read (the statement takes locks, which accept
+// invalidations) leaves the answer not valid.
+constexpr int max_tables = 16;  // more than pg_idem has
+struct Subscribed {
+    bool valid;
+    int count;
+    Oid relids[max_tables];
+};
+Subscribed known = {};
 uint64 invalidations = 0;
 bool callbacks_registered = false;
 
-void forget_stock_answer(Datum, int, uint32)
+void forget_subscribed(Datum, int, uint32)
 {
     invalidations++;
-    stock_known = false;
+    known.valid = false;
+}
+
+void read_subscribed(Oid nsp)
+{
+    if (!callbacks_registered) {
+        CacheRegisterSyscacheCallback(SUBSCRIPTIONRELMAP, forget_subscribed, 0);
+        CacheRegisterSyscacheCallback(SUBSCRIPTIONOID, forget_subscribed, 0);
+        callbacks_registered = true;
+    }
+    uint64 before = invalidations;
+    uint64 rows = pg::run(find_subscribed, nsp, nullptr, nullptr);
+    known.count = 0;
+    for (uint64 i = 0; i < rows && known.count < max_tables; i++) {
+        bool isnull;
+        known.relids[known.count++] = DatumGetObjectId(pg::result_value(i, 1, &isnull));
+    }
+    known.valid = invalidations == before;
 }
 
 }  // namespace
-
-bool stock_subscribed(Oid extension_namespace)
-{
-    if (!callbacks_registered) {
-        CacheRegisterSyscacheCallback(SUBSCRIPTIONRELMAP, forget_stock_answer, 0);
-        CacheRegisterSyscacheCallback(SUBSCRIPTIONOID, forget_stock_answer, 0);
-        callbacks_registered = true;
-    }
-    if (stock_known && stock_namespace == extension_namespace)
-        return stock_answer;
-    uint64 before = invalidations;
-    bool answer =
-        subscribed(extension_namespace, "idem_stock_items") || subscribed(extension_namespace, "idem_stock_ledger");
-    if (invalidations == before) {
-        stock_answer = answer;
-        stock_namespace = extension_namespace;
-        stock_known = true;
-    }
-    return answer;
-}
 
 bool subscribed(Oid extension_namespace, const char* table)
 {
     Oid relid = get_relname_relid(table, extension_namespace);
     if (!OidIsValid(relid))
         return false;
-    Datum values[1] = {ObjectIdGetDatum(relid)};
-    return pg::run(find_subscription, extension_namespace, values, nullptr) > 0;
+    if (!known.valid)
+        read_subscribed(extension_namespace);
+    for (int i = 0; i < known.count; i++)
+        if (known.relids[i] == relid)
+            return true;
+    return false;
+}
+
+bool stock_subscribed(Oid extension_namespace)
+{
+    return subscribed(extension_namespace, "idem_stock_items") || subscribed(extension_namespace, "idem_stock_ledger");
 }
 
 }  // namespace idem::replication

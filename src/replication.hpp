@@ -15,13 +15,13 @@ namespace idem::replication {
 // installed in `extension_namespace` into this database. Runs inside
 // SPI_connect. A disabled subscription does not count: nothing arrives
 // through it (re-enabling it after writes on both sides is a split brain
-// that no check here can repair).
+// that no check here can repair). Asked on every take and every purge
+// transaction, so the subscribed tables are read once per backend and kept
+// until pg_subscription or pg_subscription_rel changes (their
+// invalidations).
 bool subscribed(Oid extension_namespace, const char* table);
 
-// Whether one subscribes idem_stock_items or idem_stock_ledger: asked on
-// every take, add and level read, so the answer is kept per backend until
-// pg_subscription or pg_subscription_rel changes (their invalidations).
-// Runs inside SPI_connect.
+// Whether idem_stock_items or idem_stock_ledger is subscribed.
 bool stock_subscribed(Oid extension_namespace);
 
 }  // namespace idem::replication

@@ -230,11 +230,10 @@ pg_uuid_t ledger_key()
     pg_uuid_t id;
     uint64 ms =
         static_cast<uint64>(GetCurrentTimestamp() / 1000 + (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * 86400000LL);
-    uint64 r1 = pg_prng_uint64(&pg_global_prng_state), r2 = pg_prng_uint64(&pg_global_prng_state);
+    uint64 random[2] = {pg_prng_uint64(&pg_global_prng_state), pg_prng_uint64(&pg_global_prng_state)};
     for (int i = 0; i < 6; i++)
         id.data[i] = static_cast<unsigned char>(ms >> (40 - 8 * i));
-    for (int i = 6; i < 16; i++)
-        id.data[i] = static_cast<unsigned char>((i < 11 ? r1 : r2) >> (8 * (i % 8)));
+    std::memcpy(id.data + 6, random, UUID_LEN - 6);
     id.data[6] = static_cast<unsigned char>((id.data[6] & 0x0F) | 0x70);  // version 7
     id.data[8] = static_cast<unsigned char>((id.data[8] & 0x3F) | 0x80);  // the RFC 4122 variant
     return id;
