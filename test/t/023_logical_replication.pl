@@ -126,6 +126,10 @@ ok($load->pumpable, 'the subscriber copied the tables and caught up with the str
 $load->signal('TERM');
 eval { $load->finish };
 unlike($load_err, qr/aborted|ERROR/, 'no client of the load met an error') or diag($load_err);
+# A backend whose client was killed still ends the statement it runs, and a
+# COMMIT it had received commits: the load is over once they are gone.
+ok($pub->poll_query_until('postgres', q{SELECT count(*) = 0 FROM pg_stat_activity WHERE application_name = 'pgbench'}),
+	"the load's backends are gone");
 
 # The publisher settles: every short-lived row purged (not only those
 # expired so far: the purge must have nothing left to do), the ledger
@@ -137,7 +141,8 @@ ok($pub->poll_query_until('postgres', q{
 	   AND NOT EXISTS (SELECT FROM idem_leases)
 	   AND NOT EXISTS (SELECT FROM idem_stock_ledger)}), 'the publisher purged and folded everything');
 $pub->wait_for_catchup('upgrade');
-my $contents = join ' || ', map { "(SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) FROM $_ t)" }
+my $contents = join " || ' ' || ",
+  map { "(SELECT '$_=' || md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) FROM $_ t)" }
   qw(idem_claims idem_holds idem_tokens idem_leases idem_stock_items idem_stock_ledger orders payments);
 is($sub->safe_psql('postgres', "SELECT $contents"), $pub->safe_psql('postgres', "SELECT $contents"),
 	"the subscriber's idem_* and business tables equal the publisher's");
