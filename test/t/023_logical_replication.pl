@@ -235,10 +235,22 @@ ok($sub->poll_query_until('postgres', q{
 # from, subscribes to the new server's stock tables. While subscribed, its
 # takes are refused though the item is loaded there, and its level is read
 # from the tables, which follow the new server's sales.
+# A session that took before the subscription (and so knew the tables were
+# not subscribed) learns of it too.
+my ($in, $out, $err) = ('', '', '');
+my $session = IPC::Run::start([ 'psql', '-X', '-At', '-v', 'VERBOSITY=verbose', '-d', $pub->connstr('postgres') ],
+	'<', \$in, '>', \$out, '2>', \$err);
+$in .= "SELECT 'before ' || idem_stock_take('sku', 1);\n";
+$session->pump until $out =~ /before (\w+)/;
+is($1, 'true', 'a session takes before the subscription');
 $sub->safe_psql('postgres', 'CREATE PUBLICATION back FOR TABLE idem_stock_items, idem_stock_ledger');
 my $sub_connstr = 'host=' . $sub->host . ' port=' . $sub->port . ' dbname=postgres';
 $pub->safe_psql('postgres', "CREATE SUBSCRIPTION back CONNECTION '$sub_connstr' PUBLICATION back WITH (copy_data = false)");
 $pub->wait_for_subscription_sync($sub, 'back');
+$in .= "SELECT 'after ' || idem_stock_take('sku', 1);\n\\q\n";
+$session->finish;
+like($err, qr/55000: item "sku" is replicated into this database by a subscription/,
+	'and is refused in the same session once the stock tables are subscribed');
 ($ret, $stdout, $stderr) = $pub->psql('postgres', "\\set VERBOSITY verbose\nSELECT idem_stock_take('sku', 1)");
 like($stderr, qr/55000: item "sku" is replicated into this database by a subscription/,
 	'a loaded item is refused while a subscription replicates the stock tables');
