@@ -56,8 +56,11 @@ Statement probe_claim = {"SELECT scope = $1, expires_at, fingerprint, response, 
                          3,
                          {TEXTOID, TEXTOID, UUIDOID}};
 
-// Whether any key has this hash: asked only when the INSERT met a row that
-// the probe by hash and key does not find (deleted meanwhile, or a collision).
+// Whether any key has this hash: asked only when, two rounds in a row, the
+// INSERT met a row that the probe by hash and key does not find. Once is a
+// row deleted in between (idem_forget, the purge); twice, a collision. The
+// only statement that does not name the key, so Citus sends it to every
+// shard: asked that rarely, it keeps every claim on one shard.
 Statement probe_hash = {"SELECT FROM @extschema@.idem_claims WHERE key_hash = $1", 1, {UUIDOID}};
 
 // Take over an expired claim. The WHERE clause is re-checked against the
@@ -185,6 +188,7 @@ namespace {
 ClaimOutcome claim_rounds(const ClaimRequest& r, FunctionCallInfo fcinfo, MemoryContext result_cxt)
 {
     const char fingerprint_null = r.has_fingerprint ? ' ' : 'n';
+    bool missed = false;  // the previous round's probe found no row
     for (int round = 0; round < max_claim_rounds; round++) {
         // 1. The common case, a key nobody holds: one INSERT.
         TimestampTz now = GetCurrentTimestamp();
@@ -205,10 +209,12 @@ ClaimOutcome claim_rounds(const ClaimRequest& r, FunctionCallInfo fcinfo, Memory
         Datum probe_values[3] = {r.scope.datum, r.key.datum, UUIDPGetDatum(&r.key_hash)};
         if (pg::run(probe_claim, fcinfo, probe_values, nullptr) == 0) {
             Datum hash_values[1] = {UUIDPGetDatum(&r.key_hash)};
-            if (pg::run(probe_hash, fcinfo, hash_values, nullptr) > 0)
+            if (missed && pg::run(probe_hash, fcinfo, hash_values, nullptr) > 0)
                 raise_hash_collision(r);  // another key in the same scope
+            missed = true;
             continue;  // deleted in between (idem_forget, purge): try again
         }
+        missed = false;
         bool isnull, never_expires, fingerprint_missing, response_null;
         bool same_scope = DatumGetBool(pg::result_value(0, 1, &isnull));
         TimestampTz expires_at = DatumGetTimestampTz(pg::result_value(0, 2, &never_expires));

@@ -63,10 +63,26 @@ void define_settings();
 // pg_idem.wait_timeout, 0 counting as no limit.
 int lock_timeout_for_claim(int lock_timeout_ms);
 // From a PG_CATCH around a claim's statements: re-raises the error, a lock
-// wait that ran out as 55P03 naming `key` (nullptr: a batch's) and `scope`.
-[[noreturn]] void rethrow_claim_error(const pg::KeyArg* key, const pg::ScopeArg& scope, MemoryContext cxt);
+// wait that ran out (or, `remote_ran_out`, the cancel of the remote wait
+// timer) as 55P03 naming `key` (nullptr: a batch's) and `scope`.
+[[noreturn]] void rethrow_claim_error(const pg::KeyArg* key, const pg::ScopeArg& scope, MemoryContext cxt,
+                                      bool remote_ran_out = false);
 // 54000 when a response is larger than pg_idem.max_response_size.
 void check_response_size(Datum response, const pg::KeyArg& key, const pg::ScopeArg& scope);
+
+// Where idem_claims is a Citus table on this node (the coordinator), a
+// claim's lock waits happen on a worker, which lock_timeout here does not
+// reach (Citus does not pass it on): a timer of the same length cancels the
+// claim's statements instead, and the cancel is reported as the wait that
+// ran out. Arms it there (runs inside SPI_connect); nothing elsewhere.
+void arm_remote_wait_timeout(int timeout_ms);
+// Disarms it; whether it fired.
+bool disarm_remote_wait_timeout();
+// Whether idem_claims is a Citus table on this node. Runs inside SPI_connect.
+bool claims_on_other_nodes();
+// While set, the remote timer runs remote_nowait_ms at most (claim_nowait.cpp).
+extern bool remote_nowait;
+constexpr int remote_nowait_ms = 50;
 
 // Runs `body`, a claim's statements, with their lock waits bounded by
 // pg_idem.wait_timeout (claim_settings.cpp says how).
@@ -77,6 +93,7 @@ T with_wait_timeout(const pg::KeyArg* key, const pg::ScopeArg& scope, Body&& bod
     const int lock_timeout = LockTimeout;
     T result{};
     LockTimeout = lock_timeout_for_claim(lock_timeout);
+    arm_remote_wait_timeout(LockTimeout);
     PG_TRY();
     {
         result = body();
@@ -84,9 +101,10 @@ T with_wait_timeout(const pg::KeyArg* key, const pg::ScopeArg& scope, Body&& bod
     PG_CATCH();
     {
         LockTimeout = lock_timeout;
-        rethrow_claim_error(key, scope, cxt);
+        rethrow_claim_error(key, scope, cxt, disarm_remote_wait_timeout());
     }
     PG_END_TRY();
+    disarm_remote_wait_timeout();
     LockTimeout = lock_timeout;
     return result;
 }

@@ -35,22 +35,29 @@ namespace {
 using pg::Statement;
 
 // The chunk's keys in one statement, in the order given. The rows it inserted
-// come back in that order; keys that met an existing row are left out.
+// come back in that order (on one server); keys that met an existing row are
+// left out. The INSERT sits in a CTE because Citus, inserting the rows of a
+// SELECT through the coordinator, counts the rows it sent rather than those
+// inserted (citusdata/citus#3377), which SPI refuses in a RETURNING; from a
+// CTE the rows come back as they are.
 Statement insert_claims = {
-    "INSERT INTO @extschema@.idem_claims (scope, key, key_hash, claimed_at, expires_at) "
-    "SELECT $1, k, h, $2, $3 "
-    "FROM ROWS FROM (pg_catalog.unnest($4::pg_catalog.text[]), pg_catalog.unnest($5::pg_catalog.uuid[])) "
-    "     WITH ORDINALITY AS u(k, h, i) "
-    "ORDER BY i "
-    "ON CONFLICT (key_hash) DO NOTHING "
-    "RETURNING key_hash",
+    "WITH inserted AS ("
+    "  INSERT INTO @extschema@.idem_claims (scope, key, key_hash, claimed_at, expires_at) "
+    "  SELECT $1, k, h, $2, $3 "
+    "  FROM ROWS FROM (pg_catalog.unnest($4::pg_catalog.text[]), pg_catalog.unnest($5::pg_catalog.uuid[])) "
+    "       WITH ORDINALITY AS u(k, h, i) "
+    "  ORDER BY i "
+    "  ON CONFLICT (key_hash) DO NOTHING "
+    "  RETURNING key_hash, key) "
+    "SELECT key_hash, key FROM inserted",
     5,
     {TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTARRAYOID, UUIDARRAYOID}};
 
+// By key as well as by hash: Citus routes it to the keys' shards.
 Statement date_claims = {"UPDATE @extschema@.idem_claims SET claimed_at = $1, expires_at = $2 "
-                         "WHERE key_hash = ANY ($3::pg_catalog.uuid[])",
-                         3,
-                         {TIMESTAMPTZOID, TIMESTAMPTZOID, UUIDARRAYOID}};
+                         "WHERE key_hash = ANY ($3::pg_catalog.uuid[]) AND key = ANY ($4::pg_catalog.text[])",
+                         4,
+                         {TIMESTAMPTZOID, TIMESTAMPTZOID, UUIDARRAYOID, TEXTARRAYOID}};
 
 // The most keys one call takes, and how large one chunk may grow.
 constexpr int max_keys_per_call = 1000000;
@@ -95,10 +102,12 @@ void claim_chunk(Batch& b, int from, int to, const ClaimRequest& base, FunctionC
     // The inserted hashes come back in the chunk's order: walk both (and
     // search from the start should one not).
     auto* granted = static_cast<Datum*>(palloc(sizeof(Datum) * Max(inserted, 1)));
+    auto* granted_keys = static_cast<Datum*>(palloc(sizeof(Datum) * Max(inserted, 1)));
     int c = 0;
     for (uint64 row = 0; row < inserted; row++) {
         bool isnull;
         granted[row] = pg::result_value(row, 1, &isnull);
+        granted_keys[row] = pg::result_value(row, 2, &isnull);
         const pg_uuid_t& h = *DatumGetUUIDP(granted[row]);
         int start = c;
         while (c < n && !same_hash(b.hashes[b.order[from + c]], h))
@@ -114,10 +123,12 @@ void claim_chunk(Batch& b, int from, int to, const ClaimRequest& base, FunctionC
     TimestampTz now;
     if (inserted > 0 && granted_late(asked, &now)) {
         pg::Expiry late = pg::expiry_at(base.ttl, now);
-        Datum date_values[3] = {TimestampTzGetDatum(now), TimestampTzGetDatum(late.at),
-                                PointerGetDatum(construct_array(granted, static_cast<int>(inserted), UUIDOID, UUID_LEN,
-                                                                false, TYPALIGN_CHAR))};
-        const char date_nulls[3] = {' ', late.never ? 'n' : ' ', ' '};
+        int count = static_cast<int>(inserted);
+        Datum date_values[4] = {
+            TimestampTzGetDatum(now), TimestampTzGetDatum(late.at),
+            PointerGetDatum(construct_array(granted, count, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR)),
+            PointerGetDatum(construct_array(granted_keys, count, TEXTOID, -1, false, TYPALIGN_INT))};
+        const char date_nulls[4] = {' ', late.never ? 'n' : ' ', ' ', ' '};
         pg::run(date_claims, fcinfo, date_values, date_nulls);
     }
     stats::count(stats::claim_new, base.scope.scope, inserted);

@@ -23,6 +23,14 @@
 // tries again. (lock_timeout, which the first version set to 1 ms, ends
 // every lock wait alike, and answered in_progress for keys nobody held.)
 //
+// On a Citus coordinator the waits are a worker's, which neither the look-up
+// nor the tick can see. There the claim runs in a subtransaction under the
+// remote wait timer (claim.hpp) of remote_nowait_ms: a claim that has not
+// been answered by then is taken to wait for the key's holder, and answered
+// in_progress. A slow answer for a key nobody holds is so taken too: a
+// retry sent later is answered right (README "Scaling out with Citus"; a
+// function delegated to the worker that owns the key answers exactly).
+//
 // The price is one subtransaction per call, and so one subtransaction id per
 // new key: PostgreSQL caches 64 of them per backend, and a transaction with
 // more has every snapshot taken meanwhile look them up in pg_subtrans. A
@@ -137,24 +145,30 @@ TransactionId writer_of_key(const ClaimRequest& r, FunctionCallInfo fcinfo)
     return writer;
 }
 
-// One try in a subtransaction; false if a wait for the key's holder was cancelled.
-bool try_claim(const ClaimRequest& r, FunctionCallInfo fcinfo, MemoryContext result_cxt, ClaimOutcome* outcome)
+// One try in a subtransaction; false if a wait for the key's holder was
+// cancelled: by the tick, or (`remote`: the waits are a worker's) by the
+// remote wait timer, which the claim reports as 55P03.
+bool try_claim(const ClaimRequest& r, FunctionCallInfo fcinfo, MemoryContext result_cxt, ClaimOutcome* outcome,
+               bool remote)
 {
     if (tick_timeout == MAX_TIMEOUTS)
         tick_timeout = RegisterTimeout(USER_TIMEOUT, on_tick);
     MemoryContext cxt = CurrentMemoryContext;
     ResourceOwner owner = CurrentResourceOwner;
-    bool claimed = true;
+    volatile bool claimed = true;
 
     BeginInternalSubTransaction(nullptr);
     MemoryContextSwitchTo(cxt);
     holder_wait_cancelled = false;
     awaited = InvalidTransactionId;
-    enable_timeout_every(tick_timeout, TimestampTzPlusMilliseconds(GetCurrentTimestamp(), tick_ms), tick_ms);
+    remote_nowait = remote;
+    if (!remote)
+        enable_timeout_every(tick_timeout, TimestampTzPlusMilliseconds(GetCurrentTimestamp(), tick_ms), tick_ms);
     PG_TRY();
     {
         *outcome = claim_core(r, fcinfo, result_cxt);
         disable_timeout(tick_timeout, false);
+        remote_nowait = false;
         // A tick that cancelled a wait just as it ended raises here, still
         // inside the subtransaction, never in the caller's next statement.
         CHECK_FOR_INTERRUPTS();
@@ -165,13 +179,16 @@ bool try_claim(const ClaimRequest& r, FunctionCallInfo fcinfo, MemoryContext res
     PG_CATCH();
     {
         disable_timeout(tick_timeout, false);
+        remote_nowait = false;
         MemoryContextSwitchTo(cxt);
         ErrorData* edata = CopyErrorData();
         FlushErrorState();
         RollbackAndReleaseCurrentSubTransaction();
         MemoryContextSwitchTo(cxt);
         CurrentResourceOwner = owner;
-        if (edata->sqlerrcode != ERRCODE_QUERY_CANCELED || !holder_wait_cancelled)
+        bool cancelled = remote ? edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE
+                                : edata->sqlerrcode == ERRCODE_QUERY_CANCELED && holder_wait_cancelled;
+        if (!cancelled)
             ReThrowError(edata);  // a real cancel, a timeout, any other error
         FreeErrorData(edata);
         claimed = false;
@@ -190,11 +207,15 @@ ClaimOutcome in_progress(const ClaimRequest& r)
 
 ClaimOutcome claim_nowait(const ClaimRequest& r, FunctionCallInfo fcinfo, MemoryContext result_cxt)
 {
+    if (claims_on_other_nodes()) {
+        ClaimOutcome outcome;
+        return try_claim(r, fcinfo, result_cxt, &outcome, true) ? outcome : in_progress(r);
+    }
     TransactionId writer = writer_of_key(r, fcinfo);
     if (TransactionIdIsValid(writer) && !is_purge_worker(writer))
         return in_progress(r);
     ClaimOutcome outcome;
-    while (!try_claim(r, fcinfo, result_cxt, &outcome)) {
+    while (!try_claim(r, fcinfo, result_cxt, &outcome, false)) {
         TransactionId xid = awaited;
         if (!is_purge_worker(xid))
             return in_progress(r);

@@ -15,17 +15,24 @@
 // the key's holder ends like any lock wait, with 55P03, which the claim then
 // reports naming its key and scope. Setting the variable costs nothing
 // unless the claim waits: PostgreSQL arms the timer only when a lock wait
-// begins.
+// begins. On a Citus coordinator the waits are a worker's: there a timer of
+// the same length cancels the claim's statements (claim.hpp).
 #include "claim.hpp"
+
+#include "citus.hpp"
+#include "pg/spi.hpp"
 
 #include "pg/guard.hpp"
 
 extern "C" {
 #include "access/detoast.h"
+#include "miscadmin.h"
 #include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/timeout.h"
 #include "utils/timestamp.h"
 }
 
@@ -108,11 +115,61 @@ int lock_timeout_for_claim(int lock_timeout_ms)
     return lock_timeout_ms;
 }
 
-[[noreturn]] void rethrow_claim_error(const pg::KeyArg* key, const pg::ScopeArg& scope_arg, MemoryContext cxt)
+namespace {
+
+TimeoutId remote_timeout = MAX_TIMEOUTS;  // registered on first use
+volatile sig_atomic_t remote_timed_out = false;
+bool remote_armed = false;
+
+void on_remote_timeout()
+{
+    remote_timed_out = true;
+    InterruptPending = true;
+    QueryCancelPending = true;  // Citus' executor, waiting for the worker, raises it
+}
+
+}  // namespace
+
+bool remote_nowait = false;
+
+bool claims_on_other_nodes()
+{
+    if (!citus::loaded())
+        return false;
+    Oid nsp = pg::installed_namespace();
+    return OidIsValid(nsp) && citus::is_citus_table(nsp, get_relname_relid("idem_claims", nsp));
+}
+
+void arm_remote_wait_timeout(int timeout_ms)
+{
+    remote_timed_out = false;
+    remote_armed = false;
+    if (remote_nowait)
+        timeout_ms = timeout_ms <= 0 ? remote_nowait_ms : Min(timeout_ms, remote_nowait_ms);
+    if (timeout_ms <= 0 || !claims_on_other_nodes())
+        return;
+    if (remote_timeout == MAX_TIMEOUTS)
+        remote_timeout = RegisterTimeout(USER_TIMEOUT, on_remote_timeout);
+    enable_timeout_after(remote_timeout, timeout_ms);
+    remote_armed = true;
+}
+
+bool disarm_remote_wait_timeout()
+{
+    if (remote_armed)
+        disable_timeout(remote_timeout, false);
+    remote_armed = false;
+    return remote_timed_out;
+}
+
+[[noreturn]] void rethrow_claim_error(const pg::KeyArg* key, const pg::ScopeArg& scope_arg, MemoryContext cxt,
+                                      bool remote_ran_out)
 {
     MemoryContextSwitchTo(cxt);
     ErrorData* edata = CopyErrorData();
-    if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE) {
+    bool ran_out = edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
+                   (remote_ran_out && edata->sqlerrcode == ERRCODE_QUERY_CANCELED);
+    if (!ran_out) {
         FreeErrorData(edata);
         PG_RE_THROW();
     }

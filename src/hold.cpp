@@ -21,6 +21,7 @@
 // changes nothing. Two callers racing to resume a stalled request both lock
 // the row; the second sees the first's fence and a live hold, and answers
 // in_progress.
+#include "citus.hpp"
 #include "claim.hpp"
 
 #include "fingerprint.hpp"
@@ -36,6 +37,7 @@ extern "C" {
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 }
 
@@ -372,6 +374,9 @@ IDEM_SQL_FUNCTION(idem_hold)
     InitMaterializedSRF(fcinfo, 0);
     MemoryContext cxt = CurrentMemoryContext;
     pg::connect();
+    citus::require_coordinator(get_func_namespace(fcinfo->flinfo->fn_oid), "idem_hold()",
+                               "Its fences come from the coordinator's sequence: each node has its own, and fences "
+                               "from two could repeat for one key.");
     Answer a = claims::with_wait_timeout<Answer>(&r.key, r.scope, [&] { return hold_request(r, fcinfo, hold, cxt); });
     SPI_finish();
 

@@ -9,6 +9,7 @@
 // A holder that paused past its TTL can still write; what stops it is the
 // protected resource refusing a token older than the last one it accepted
 // (README "Leases").
+#include "citus.hpp"
 #include "pg/args.hpp"
 #include "pg/guard.hpp"
 #include "pg/spi.hpp"
@@ -17,6 +18,7 @@
 extern "C" {
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
+#include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 }
 
@@ -117,6 +119,9 @@ IDEM_SQL_FUNCTION(idem_lease_acquire)
     pg::Ttl ttl = pg::ttl_arg(fcinfo, 2, "ttl", false);
 
     pg::connect();
+    citus::require_coordinator(get_func_namespace(fcinfo->flinfo->fn_oid), "idem_lease_acquire()",
+                               "Its fencing tokens come from the coordinator's sequence: each node has its own, and "
+                               "tokens from two could go backwards.");
     Datum names[2] = {name, owner};
     if (pg::run(peek_lease, fcinfo, names, nullptr) == 1) {
         bool same_owner, isnull;

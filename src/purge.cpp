@@ -1,5 +1,6 @@
 #include "purge.hpp"
 
+#include "citus.hpp"
 #include "pg/guard.hpp"
 #include "pg/spi.hpp"
 #include "purge_internal.hpp"
@@ -9,6 +10,7 @@
 extern "C" {
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/timestamp.h"
@@ -29,39 +31,58 @@ namespace {
 // LIMIT sits above the row locks, so with SKIP LOCKED a statement locks only
 // rows nobody else is touching, and at most $2 of them. It answers how many
 // it deleted, how many it locked (fewer than $2: it reached the end of the
-// table) and the last row it looked at.
-#define IDEM_DELETE_EXPIRED(table)                                                          \
-    "WITH batch AS MATERIALIZED ("                                                          \
-    "  SELECT ctid FROM @extschema@." table " WHERE ctid > $3 AND expires_at <= $1 "        \
-    "  LIMIT $2 FOR UPDATE SKIP LOCKED), "                                                  \
-    "purged AS ("                                                                           \
-    "  DELETE FROM @extschema@." table " WHERE ctid = ANY (ARRAY(SELECT ctid FROM batch)) " \
-    "  AND expires_at <= $1 RETURNING 1) "                                                  \
-    "SELECT (SELECT pg_catalog.count(*) FROM purged), pg_catalog.count(*), pg_catalog.max(ctid) FROM batch"
+// table) and the last row it looked at. Both %s are the table: pg_idem's
+// own, or one of its Citus shards on this node (a TID names a row of one
+// shard, and Citus refuses FOR UPDATE across shards). Made per statement: a
+// plan costs little beside a batch.
+constexpr const char* delete_expired_sql =
+    "WITH batch AS MATERIALIZED ("
+    "  SELECT ctid FROM %s WHERE ctid > $3 AND expires_at <= $1 "
+    "  LIMIT $2 FOR UPDATE SKIP LOCKED), "
+    "purged AS ("
+    "  DELETE FROM %s WHERE ctid = ANY (ARRAY(SELECT ctid FROM batch)) "
+    "  AND expires_at <= $1 RETURNING 1) "
+    "SELECT (SELECT pg_catalog.count(*) FROM purged), pg_catalog.count(*), pg_catalog.max(ctid) FROM batch";
 
-pg::Statement delete_expired_claims = {IDEM_DELETE_EXPIRED("idem_claims"), 3, {TIMESTAMPTZOID, INT8OID, TIDOID}};
-pg::Statement delete_expired_tokens = {IDEM_DELETE_EXPIRED("idem_tokens"), 3, {TIMESTAMPTZOID, INT8OID, TIDOID}};
-// The fencing sequence is not touched: tokens keep growing after a purge.
-pg::Statement delete_expired_leases = {IDEM_DELETE_EXPIRED("idem_leases"), 3, {TIMESTAMPTZOID, INT8OID, TIDOID}};
+// The tables with an expiry, in the order the purge visits them. A
+// multi-step request's hold row expires with its claim row. The fencing
+// sequences are not touched: fences keep growing after a purge.
+const char* const expiring_tables[expiring_table_count] = {"idem_claims", "idem_tokens", "idem_leases", "idem_holds"};
 
-// A multi-step request's hold row expires with its claim row.
-pg::Statement delete_expired_holds = {IDEM_DELETE_EXPIRED("idem_holds"), 3, {TIMESTAMPTZOID, INT8OID, TIDOID}};
+// The relation the cursor's next statement deletes from, quoted; nullptr
+// when the table has nothing (more) on this node: where Citus distributed
+// it, its rows are in shards, and the cursor goes through those placed here.
+const char* relation_to_purge(Oid nsp, Cursor* cursor)
+{
+    int t = cursor->table;
+    Oid rel = get_relname_relid(expiring_tables[t], nsp);
+    if (!OidIsValid(rel))
+        return nullptr;
+    if (!citus::is_citus_table(nsp, rel))  // the table itself: one "shard"
+        return cursor->shard[t] == 0 ? quote_qualified_identifier(get_namespace_name(nsp), expiring_tables[t])
+                                     : nullptr;
+    List* shards = citus::local_shards(nsp, rel);
+    if (cursor->shard[t] >= list_length(shards))
+        return nullptr;
+    return static_cast<const char*>(list_nth(shards, cursor->shard[t]));
+}
 
-struct ExpiringTable {
-    const char* name;
-    pg::Statement* delete_expired;
-};
-const ExpiringTable expiring_tables[expiring_table_count] = {{"idem_claims", &delete_expired_claims},
-                                                             {"idem_tokens", &delete_expired_tokens},
-                                                             {"idem_leases", &delete_expired_leases},
-                                                             {"idem_holds", &delete_expired_holds}};
-#undef IDEM_DELETE_EXPIRED
+// Past the end of the cursor's relation: on to the table's next shard on
+// this node, if it has one.
+bool next_shard(Oid nsp, Cursor* cursor)
+{
+    int t = cursor->table;
+    ItemPointerSet(&cursor->after[t], 0, 0);
+    cursor->shard[t]++;
+    return relation_to_purge(nsp, cursor) != nullptr;
+}
 
 }  // namespace
 
 bool next_table(Cursor* cursor)
 {
     ItemPointerSet(&cursor->after[cursor->table], 0, 0);
+    cursor->shard[cursor->table] = 0;
     if (++cursor->table < expiring_table_count)
         return false;
     cursor->table = 0;
@@ -90,6 +111,8 @@ void start_cursor(Cursor* cursor)
 {
     for (auto& tid : cursor->after)
         ItemPointerSet(&tid, 0, 0);  // before the first row: offsets start at 1
+    for (int& shard : cursor->shard)
+        shard = 0;
     for (bool& skipped : cursor->skipped)
         skipped = false;
     cursor->table = 0;
@@ -110,16 +133,23 @@ int64 delete_expired(Oid extension_namespace, TimestampTz now, int64 max_rows, C
             continue;
         }
         cursor->last_run = t;
-        if (replication::subscribed(extension_namespace, expiring_tables[t].name)) {
+        if (replication::subscribed(extension_namespace, expiring_tables[t])) {
             // The publisher's purge deletes its rows (replication.hpp).
             ereport(DEBUG1, (errmsg("pg_idem: not purging %s: a subscription replicates it into this database",
-                                    expiring_tables[t].name)));
+                                    expiring_tables[t])));
             if (next_table(cursor))
                 break;
             continue;
         }
+        const char* relation = relation_to_purge(extension_namespace, cursor);
+        if (relation == nullptr) {
+            if (next_table(cursor))
+                break;
+            continue;
+        }
+        Oid types[3] = {TIMESTAMPTZOID, INT8OID, TIDOID};
         Datum values[3] = {TimestampTzGetDatum(now), Int64GetDatum(limit), PointerGetDatum(&cursor->after[t])};
-        pg::run(*expiring_tables[t].delete_expired, extension_namespace, values, nullptr);
+        pg::run_once(psprintf(delete_expired_sql, relation, relation), 3, types, values, nullptr);
         bool isnull, last_null;
         deleted += DatumGetInt64(pg::result_value(0, 1, &isnull));
         int64 n = DatumGetInt64(pg::result_value(0, 2, &isnull));
@@ -130,6 +160,8 @@ int64 delete_expired(Oid extension_namespace, TimestampTz now, int64 max_rows, C
                             &cursor->after[t]);  // more may follow
             continue;
         }
+        if (next_shard(extension_namespace, cursor))
+            continue;
         if (next_table(cursor))
             break;
     }

@@ -40,6 +40,9 @@ constexpr int64 rows_per_transaction = 100;
 constexpr int expiring_table_count = 4;
 struct Cursor {
     ItemPointerData after[expiring_table_count];
+    // Where a table is distributed by Citus, the purge deletes from its
+    // shards placed on this node, one after another: the one `after` is in.
+    int shard[expiring_table_count];
     bool skipped[expiring_table_count];  // left alone until the cursor starts again
     int table;  // the table the next statement looks at
     int last_run;  // the table the last statement was run for

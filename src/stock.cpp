@@ -5,6 +5,7 @@
 #include "stock.hpp"
 #include "stock_internal.hpp"
 
+#include "citus.hpp"
 #include "core/key.hpp"
 #include "pg/args.hpp"
 #include "pg/guard.hpp"
@@ -291,6 +292,27 @@ void refuse_if_subscribed(const StockItem& s)
                             "database, drop the subscription.")));
 }
 
+// Hot stock's shared memory and tables are per node (citus.hpp): on a Citus
+// worker, or with its tables made Citus tables (a reference table is written
+// on every node, while each node's shared memory sells on its own), two nodes
+// would sell the same units. Only the coordinator's own tables are right.
+void refuse_if_sharded(const StockItem& s)
+{
+    if (!citus::loaded())
+        return;
+    citus::require_coordinator(s.nsp, "hot stock",
+                               "Each node has its own shared memory and stock tables: two nodes would sell one item's "
+                               "units twice.");
+    for (const char* table : {"idem_stock_items", "idem_stock_ledger"})
+        if (citus::is_citus_table(s.nsp, get_relname_relid(table, s.nsp)))
+            ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+                            errmsg("hot stock cannot take or add item %s: %s is a Citus table",
+                                   pg::key_for_message(Key{s.item.text}), table),
+                            errdetail("Each node's shared memory would sell the same units."),
+                            errhint("Undistribute it (undistribute_table): hot stock runs on the coordinator, with "
+                                    "its tables local there.")));
+}
+
 // ---- Adding and taking ----------------------------------------------------
 
 // Counts n units as added by this transaction, in its Held of the entry
@@ -377,6 +399,7 @@ IDEM_SQL_FUNCTION(idem_stock_add)
 {
     StockChange c = stock_change(fcinfo, "idem_stock_add()");
     pg::connect();
+    refuse_if_sharded(c.s);
     refuse_if_subscribed(c.s);
     ensure_item_row(c.s);
     prepare_book();
@@ -411,6 +434,7 @@ IDEM_SQL_FUNCTION(idem_stock_take)
 {
     StockChange c = stock_change(fcinfo, "idem_stock_take()");
     pg::connect();
+    refuse_if_sharded(c.s);
     refuse_if_subscribed(c.s);
     prepare_book();
     UnitWait wait = {};
@@ -466,6 +490,7 @@ IDEM_SQL_FUNCTION(idem_stock_level)
     require_preloaded();
     StockItem s = item_arg(fcinfo);
     pg::connect();
+    refuse_if_sharded(s);
     int64 level;
     Entry* entry = replication::stock_subscribed(s.nsp) ? nullptr : find_locked(s);
     if (entry != nullptr) {

@@ -145,6 +145,16 @@ uint64 run(Statement& stmt, Oid extension_namespace, Datum* values, const char* 
     return execute(stmt, extension_namespace, values, nulls, Snap::caller);
 }
 
+uint64 run_once(const char* sql, int nargs, Oid* argtypes, Datum* values, const char* nulls)
+{
+    int search_path_level = compat::push_catalog_search_path();
+    int rc = SPI_execute_with_args(sql, nargs, argtypes, values, nulls, false, 0);
+    if (rc < 0)
+        elog(ERROR, "pg_idem: SPI_execute_with_args failed: %s", SPI_result_code_string(rc));
+    compat::pop_catalog_search_path(search_path_level);
+    return SPI_processed;
+}
+
 uint64 run_latest(Statement& stmt, Oid extension_namespace, Datum* values, const char* nulls)
 {
     return execute(stmt, extension_namespace, values, nulls, Snap::latest);

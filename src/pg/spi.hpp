@@ -41,6 +41,10 @@ uint64 run(Statement& stmt, Oid extension_namespace, Datum* values, const char* 
 // The same, for the extension of the SQL function that `fcinfo` calls.
 uint64 run(Statement& stmt, FunctionCallInfo fcinfo, Datum* values, const char* nulls);
 
+// Runs `sql`, made for this one call (no @extschema@: it names what it
+// touches), under the same pinned search path. Returns SPI_processed.
+uint64 run_once(const char* sql, int nargs, Oid* argtypes, Datum* values, const char* nulls);
+
 // The same under the latest snapshot instead of the caller's: it sees every
 // transaction committed so far (and this transaction's own earlier
 // statements), whatever the isolation level and however old the caller's

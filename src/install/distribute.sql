@@ -1,0 +1,63 @@
+
+-- Citus --------------------------------------------------------------------
+
+-- The layout README "Scaling out with Citus" describes, made on the
+-- coordinator: idem_claims and idem_holds distributed by key, co-located
+-- with the business table given (distributed by its request key, text);
+-- tokens by token; leases by name. Hot stock stays local to the coordinator
+-- (src/citus.hpp says why): its tables are refused as Citus tables.
+--
+-- idem_claims' primary key is key_hash, which Citus would refuse because it
+-- does not include key. It is still unique across shards: equal (scope, key)
+-- means equal key, so one shard; citus.allow_unsafe_constraints says so to
+-- Citus, for this transaction only. Written in plpgsql so that it can be
+-- created where Citus is not installed; it needs it when it runs.
+CREATE FUNCTION @extschema@.idem_distribute(colocate_with regclass DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    t record;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
+        RAISE EXCEPTION 'idem_distribute() needs the citus extension in this database'
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'CREATE EXTENSION citus, and add the workers, first.';
+    END IF;
+    IF NOT pg_catalog.citus_is_coordinator() THEN
+        RAISE EXCEPTION 'idem_distribute() runs on the Citus coordinator only'
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    IF colocate_with IS NOT NULL AND NOT EXISTS (
+            SELECT FROM pg_catalog.pg_dist_partition
+            WHERE logicalrelid = colocate_with AND partmethod = 'h') THEN
+        RAISE EXCEPTION 'colocate_with: % is not a distributed table', colocate_with
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Distribute the business table by its request key (create_distributed_table) first.';
+    END IF;
+    FOR t IN SELECT c.oid::regclass AS rel FROM pg_catalog.pg_class c
+             WHERE c.relnamespace = '@extschema@'::regnamespace
+               AND c.relname IN ('idem_stock_items', 'idem_stock_ledger')
+               AND c.oid IN (SELECT logicalrelid FROM pg_catalog.pg_dist_partition) LOOP
+        RAISE EXCEPTION 'hot stock''s table % is a Citus table', t.rel
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'Each node''s shared memory would sell the same units.',
+                  HINT = 'Undistribute it (undistribute_table): hot stock runs on the coordinator, with its tables local there.';
+    END LOOP;
+    PERFORM pg_catalog.set_config('citus.allow_unsafe_constraints', 'on', true);
+    FOR t IN SELECT * FROM (VALUES
+                 ('idem_claims', 'key', coalesce(colocate_with::text, 'default')),
+                 ('idem_holds', 'key', '@extschema@.idem_claims'),
+                 ('idem_tokens', 'token', 'default'),
+                 ('idem_leases', 'name', 'default')) AS l(name, column_name, colocated) LOOP
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_dist_partition
+                       WHERE logicalrelid = pg_catalog.format('@extschema@.%I', t.name)::regclass) THEN
+            PERFORM pg_catalog.create_distributed_table(pg_catalog.format('@extschema@.%I', t.name),
+                                                        t.column_name, colocate_with => t.colocated);
+        END IF;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.idem_distribute(regclass) IS
+    'On a Citus coordinator: distributes idem_claims and idem_holds by key (co-located with colocate_with), idem_tokens by token, idem_leases by name';
+REVOKE ALL ON FUNCTION @extschema@.idem_distribute(regclass) FROM PUBLIC;
