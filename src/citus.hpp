@@ -24,6 +24,9 @@ namespace idem::citus {
 // database can have the extension, and nothing below asks the catalog.
 bool loaded();
 
+// Whether this database has the citus extension.
+bool installed_here();
+
 // Whether this database is a Citus worker: Citus installed and this node
 // not the coordinator. Runs inside SPI_connect, as do all below;
 // `extension_namespace` is pg_idem's schema (pg/spi.hpp).

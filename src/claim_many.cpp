@@ -23,6 +23,8 @@ extern "C" {
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 }
@@ -35,23 +37,47 @@ namespace {
 using pg::Statement;
 
 // The chunk's keys in one statement, in the order given. The rows it inserted
-// come back in that order (on one server); keys that met an existing row are
-// left out. The INSERT sits in a CTE because Citus, inserting the rows of a
-// SELECT through the coordinator, counts the rows it sent rather than those
-// inserted (citusdata/citus#3377), which SPI refuses in a RETURNING; from a
-// CTE the rows come back as they are.
+// come back in that order; keys that met an existing row are left out.
 Statement insert_claims = {
-    "WITH inserted AS ("
-    "  INSERT INTO @extschema@.idem_claims (scope, key, key_hash, claimed_at, expires_at) "
-    "  SELECT $1, k, h, $2, $3 "
-    "  FROM ROWS FROM (pg_catalog.unnest($4::pg_catalog.text[]), pg_catalog.unnest($5::pg_catalog.uuid[])) "
-    "       WITH ORDINALITY AS u(k, h, i) "
-    "  ORDER BY i "
-    "  ON CONFLICT (key_hash) DO NOTHING "
-    "  RETURNING key_hash, key) "
-    "SELECT key_hash, key FROM inserted",
+    "INSERT INTO @extschema@.idem_claims (scope, key, key_hash, claimed_at, expires_at) "
+    "SELECT $1, k, h, $2, $3 "
+    "FROM ROWS FROM (pg_catalog.unnest($4::pg_catalog.text[]), pg_catalog.unnest($5::pg_catalog.uuid[])) "
+    "     WITH ORDINALITY AS u(k, h, i) "
+    "ORDER BY i "
+    "ON CONFLICT (key_hash) DO NOTHING "
+    "RETURNING key_hash, key",
     5,
     {TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTARRAYOID, UUIDARRAYOID}};
+
+// The same where idem_claims is a Citus table on this node, as one row of
+// VALUES per key, made for the chunk: Citus sends each shard its rows, one
+// statement per worker. (An INSERT ... SELECT goes through intermediate
+// results, on a connection of their own, so even one key's chunk would
+// commit in two phases; and Citus counts the rows it sent, not those
+// inserted, which SPI refuses in a RETURNING: citusdata/citus#3377.)
+uint64 insert_claims_by_rows(Oid nsp, int n, const Datum* values, const char* nulls, const Datum* keys,
+                             const Datum* hashes)
+{
+    StringInfoData sql;
+    initStringInfo(&sql);
+    appendStringInfo(&sql, "INSERT INTO %s.idem_claims (scope, key, key_hash, claimed_at, expires_at) VALUES ",
+                     quote_identifier(get_namespace_name(nsp)));
+    int nargs = 3 + 2 * n;
+    auto* types = static_cast<Oid*>(palloc(sizeof(Oid) * nargs));
+    auto* args = static_cast<Datum*>(palloc(sizeof(Datum) * nargs));
+    auto* arg_nulls = static_cast<char*>(palloc(nargs));
+    types[0] = TEXTOID, types[1] = TIMESTAMPTZOID, types[2] = TIMESTAMPTZOID;
+    for (int i = 0; i < 3; i++)
+        args[i] = values[i], arg_nulls[i] = nulls[i];
+    for (int c = 0; c < n; c++) {
+        int k = 3 + 2 * c;
+        appendStringInfo(&sql, "%s($1, $%d, $%d, $2, $3)", c == 0 ? "" : ", ", k + 1, k + 2);
+        types[k] = TEXTOID, args[k] = keys[c], arg_nulls[k] = ' ';
+        types[k + 1] = UUIDOID, args[k + 1] = hashes[c], arg_nulls[k + 1] = ' ';
+    }
+    appendStringInfoString(&sql, " ON CONFLICT (key_hash) DO NOTHING RETURNING key_hash, key");
+    return pg::run_once(sql.data, nargs, types, args, arg_nulls);
+}
 
 // By key as well as by hash: Citus routes it to the keys' shards.
 Statement date_claims = {"UPDATE @extschema@.idem_claims SET claimed_at = $1, expires_at = $2 "
@@ -95,12 +121,16 @@ void claim_chunk(Batch& b, int from, int to, const ClaimRequest& base, FunctionC
                        PointerGetDatum(construct_array(key_datums, n, TEXTOID, -1, false, TYPALIGN_INT)),
                        PointerGetDatum(construct_array(hash_datums, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR))};
     const char nulls[5] = {' ', ' ', expiry.never ? 'n' : ' ', ' ', ' '};
-    uint64 inserted =
-        with_wait_timeout<uint64>(nullptr, base.scope, [&] { return pg::run(insert_claims, fcinfo, values, nulls); });
+    uint64 inserted = with_wait_timeout<uint64>(nullptr, base.scope, [&] {
+        if (claims_on_other_nodes())
+            return insert_claims_by_rows(get_func_namespace(fcinfo->flinfo->fn_oid), n, values, nulls, key_datums,
+                                         hash_datums);
+        return pg::run(insert_claims, fcinfo, values, nulls);
+    });
     SPITupleTable* returned = SPI_tuptable;
 
-    // The inserted hashes come back in the chunk's order: walk both (and
-    // search from the start should one not).
+    // The inserted hashes come back in the chunk's order (from Citus, shard
+    // by shard): walk both, and search from the start should one not.
     auto* granted = static_cast<Datum*>(palloc(sizeof(Datum) * Max(inserted, 1)));
     auto* granted_keys = static_cast<Datum*>(palloc(sizeof(Datum) * Max(inserted, 1)));
     int c = 0;

@@ -309,8 +309,8 @@ void refuse_if_sharded(const StockItem& s)
                             errmsg("hot stock cannot take or add item %s: %s is a Citus table",
                                    pg::key_for_message(Key{s.item.text}), table),
                             errdetail("Each node's shared memory would sell the same units."),
-                            errhint("Undistribute it (undistribute_table): hot stock runs on the coordinator, with "
-                                    "its tables local there.")));
+                            errhint("Hot stock runs on the Citus coordinator, with its tables local there, as "
+                                    "idem_distribute() leaves them.")));
 }
 
 // ---- Adding and taking ----------------------------------------------------

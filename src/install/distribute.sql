@@ -42,7 +42,7 @@ BEGIN
         RAISE EXCEPTION 'hot stock''s table % is a Citus table', t.rel
             USING ERRCODE = 'feature_not_supported',
                   DETAIL = 'Each node''s shared memory would sell the same units.',
-                  HINT = 'Undistribute it (undistribute_table): hot stock runs on the coordinator, with its tables local there.';
+                  HINT = 'Hot stock runs on the Citus coordinator, with its tables local there.';
     END LOOP;
     PERFORM pg_catalog.set_config('citus.allow_unsafe_constraints', 'on', true);
     FOR t IN SELECT * FROM (VALUES
@@ -61,3 +61,17 @@ $$;
 COMMENT ON FUNCTION @extschema@.idem_distribute(regclass) IS
     'On a Citus coordinator: distributes idem_claims and idem_holds by key (co-located with colocate_with), idem_tokens by token, idem_leases by name';
 REVOKE ALL ON FUNCTION @extschema@.idem_distribute(regclass) FROM PUBLIC;
+
+-- Citus leaves the shards of an extension's distributed tables behind when
+-- the extension is dropped: this drops them first (src/citus.cpp).
+CREATE FUNCTION @extschema@.idem_drop_extension()
+RETURNS event_trigger
+AS 'MODULE_PATHNAME', 'idem_drop_extension'
+LANGUAGE C;
+COMMENT ON FUNCTION @extschema@.idem_drop_extension() IS
+    'Event trigger: before DROP EXTENSION pg_idem on a Citus coordinator, drops the shards of pg_idem''s tables';
+REVOKE ALL ON FUNCTION @extschema@.idem_drop_extension() FROM PUBLIC;
+CREATE EVENT TRIGGER idem_drop_extension ON ddl_command_start WHEN TAG IN ('DROP EXTENSION')
+    EXECUTE FUNCTION @extschema@.idem_drop_extension();
+COMMENT ON EVENT TRIGGER idem_drop_extension IS
+    'Before DROP EXTENSION pg_idem on a Citus coordinator, drops the shards of pg_idem''s tables (idem_drop_extension)';
