@@ -227,8 +227,11 @@ ClaimOutcome claim_rounds(const ClaimRequest& r, FunctionCallInfo fcinfo, Memory
 
         if (is_live(never_expires, expires_at, now)) {
             // The claim's writer was still running when the calling statement
-            // started: the INSERT above waited for it to commit.
-            if (!own_claims::holds(r.key_hash) && ActiveSnapshotSet() && XidInMVCCSnapshot(writer, GetActiveSnapshot()))
+            // started: the INSERT above waited for it to commit. (A worker's
+            // xmin means nothing to this node's snapshot: from a Citus
+            // coordinator, waits are not counted.)
+            if (!own_claims::holds(r.key_hash) && !claim_is_remote() && ActiveSnapshotSet() &&
+                XidInMVCCSnapshot(writer, GetActiveSnapshot()))
                 stats::count(stats::claim_wait, r.scope.scope);
             if (r.has_fingerprint && !fingerprint_missing &&
                 std::memcmp(DatumGetUUIDP(stored_fingerprint)->data, r.fingerprint.data, UUID_LEN) != 0)

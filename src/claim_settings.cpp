@@ -120,6 +120,7 @@ namespace {
 TimeoutId remote_timeout = MAX_TIMEOUTS;  // registered on first use
 volatile sig_atomic_t remote_timed_out = false;
 bool remote_armed = false;
+bool claims_remote = false;  // as claims_on_other_nodes() said when the claim began
 
 void on_remote_timeout()
 {
@@ -144,14 +145,20 @@ void arm_remote_wait_timeout(int timeout_ms)
 {
     remote_timed_out = false;
     remote_armed = false;
+    claims_remote = claims_on_other_nodes();
     if (remote_nowait)
         timeout_ms = timeout_ms <= 0 ? remote_nowait_ms : Min(timeout_ms, remote_nowait_ms);
-    if (timeout_ms <= 0 || !claims_on_other_nodes())
+    if (timeout_ms <= 0 || !claims_remote)
         return;
     if (remote_timeout == MAX_TIMEOUTS)
         remote_timeout = RegisterTimeout(USER_TIMEOUT, on_remote_timeout);
     enable_timeout_after(remote_timeout, timeout_ms);
     remote_armed = true;
+}
+
+bool claim_is_remote()
+{
+    return claims_remote;
 }
 
 bool disarm_remote_wait_timeout()

@@ -4,7 +4,8 @@
 -- The layout README "Scaling out with Citus" describes, made on the
 -- coordinator: idem_claims and idem_holds distributed by key, co-located
 -- with the business table given (distributed by its request key, text);
--- tokens by token; leases by name. Hot stock stays local to the coordinator
+-- tokens by token and leases by name, each in a colocation group of its own
+-- (they have nothing to do with the business tables' shards). Hot stock stays local to the coordinator
 -- (src/citus.hpp says why): its tables are refused as Citus tables.
 --
 -- idem_claims' primary key is key_hash, which Citus would refuse because it
@@ -48,8 +49,8 @@ BEGIN
     FOR t IN SELECT * FROM (VALUES
                  ('idem_claims', 'key', coalesce(colocate_with::text, 'default')),
                  ('idem_holds', 'key', '@extschema@.idem_claims'),
-                 ('idem_tokens', 'token', 'default'),
-                 ('idem_leases', 'name', 'default')) AS l(name, column_name, colocated) LOOP
+                 ('idem_tokens', 'token', 'none'),
+                 ('idem_leases', 'name', 'none')) AS l(name, column_name, colocated) LOOP
         IF NOT EXISTS (SELECT FROM pg_catalog.pg_dist_partition
                        WHERE logicalrelid = pg_catalog.format('@extschema@.%I', t.name)::regclass) THEN
             PERFORM pg_catalog.create_distributed_table(pg_catalog.format('@extschema@.%I', t.name),
@@ -59,7 +60,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@.idem_distribute(regclass) IS
-    'On a Citus coordinator: distributes idem_claims and idem_holds by key (co-located with colocate_with), idem_tokens by token, idem_leases by name';
+    'On a Citus coordinator: distributes pg_idem''s tables (claims by key, co-located with colocate_with)';
 REVOKE ALL ON FUNCTION @extschema@.idem_distribute(regclass) FROM PUBLIC;
 
 -- Citus leaves the shards of an extension's distributed tables behind when

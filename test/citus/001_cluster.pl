@@ -31,6 +31,22 @@ my ($coordinator, $worker1, $worker2) = start_cluster(conf => "autovacuum = off\
 my $host = $coordinator->host;
 my %worker_of_port = map { $_->port => $_->name } ($worker1, $worker2);
 
+# The layout idem_distribute() made, again after a second call: claims and
+# holds by key in the colocation group of orders, tokens and leases by their
+# own keys, hot stock local.
+$coordinator->safe_psql('postgres', q{SELECT idem_distribute('orders')});
+is($coordinator->safe_psql('postgres', q{
+		SELECT string_agg(format('%s by %s%s', p.logicalrelid::regclass, a.attname,
+		                         CASE WHEN p.colocationid = o.colocationid THEN ', with orders' ELSE '' END),
+		                  '; ' ORDER BY p.logicalrelid::regclass::text)
+		FROM pg_dist_partition p
+		JOIN pg_attribute a ON a.attrelid = p.logicalrelid
+		  AND a.attname = column_to_column_name(p.logicalrelid, p.partkey)
+		CROSS JOIN (SELECT colocationid FROM pg_dist_partition WHERE logicalrelid = 'orders'::regclass) o
+		WHERE p.logicalrelid::text LIKE 'idem\_%'}),
+	'idem_claims by key, with orders; idem_holds by key, with orders; idem_leases by name; idem_tokens by token',
+	'idem_distribute(), called twice: the layout');
+
 # Runs $sql on the coordinator with every command Citus sends to a worker
 # logged. Returns the workers they went to, the pg_idem shards they named,
 # whether one was a two-phase commit, and the output.
