@@ -80,7 +80,8 @@ void arm_remote_wait_timeout(int timeout_ms);
 bool disarm_remote_wait_timeout();
 // Inside with_wait_timeout: whether the claim's waits are a worker's.
 bool claim_is_remote();
-// Whether idem_claims is a Citus table on this node. Runs inside SPI_connect.
+// Whether idem_claims is a Citus table and this node its coordinator, whose
+// claims run on the workers. Runs inside SPI_connect.
 bool claims_on_other_nodes();
 // While set, the remote timer runs remote_nowait_ms at most (claim_nowait.cpp).
 extern bool remote_nowait;

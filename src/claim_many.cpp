@@ -9,6 +9,7 @@
 // so a call needs about twice the memory of its input array (the input, and
 // the result rows), however large it is. Rows come back in the caller's
 // order, one per distinct key.
+#include "citus.hpp"
 #include "claim.hpp"
 
 #include "core/key_order.hpp"
@@ -49,7 +50,7 @@ Statement insert_claims = {
     5,
     {TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTARRAYOID, UUIDARRAYOID}};
 
-// The same where idem_claims is a Citus table on this node, as one row of
+// The same where idem_claims is a Citus table (on any node), as one row of
 // VALUES per key, made for the chunk: Citus sends each shard its rows, one
 // statement per worker. (An INSERT ... SELECT goes through intermediate
 // results, on a connection of their own, so even one key's chunk would
@@ -121,10 +122,11 @@ void claim_chunk(Batch& b, int from, int to, const ClaimRequest& base, FunctionC
                        PointerGetDatum(construct_array(key_datums, n, TEXTOID, -1, false, TYPALIGN_INT)),
                        PointerGetDatum(construct_array(hash_datums, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR))};
     const char nulls[5] = {' ', ' ', expiry.never ? 'n' : ' ', ' ', ' '};
+    Oid nsp = get_func_namespace(fcinfo->flinfo->fn_oid);
+    bool citus_table = citus::loaded() && citus::is_citus_table(nsp, get_relname_relid("idem_claims", nsp));
     uint64 inserted = with_wait_timeout<uint64>(nullptr, base.scope, [&] {
-        if (claims_on_other_nodes())
-            return insert_claims_by_rows(get_func_namespace(fcinfo->flinfo->fn_oid), n, values, nulls, key_datums,
-                                         hash_datums);
+        if (citus_table)
+            return insert_claims_by_rows(nsp, n, values, nulls, key_datums, hash_datums);
         return pg::run(insert_claims, fcinfo, values, nulls);
     });
     SPITupleTable* returned = SPI_tuptable;

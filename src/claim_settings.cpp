@@ -30,6 +30,7 @@ extern "C" {
 #include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/timeout.h"
@@ -133,12 +134,42 @@ void on_remote_timeout()
 
 bool remote_nowait = false;
 
+// What claims_on_other_nodes() found, kept until a relation cache
+// invalidation: create_distributed_table, undistribute_table, DROP EXTENSION
+// and CREATE EXTENSION all send one, and a claim would otherwise pay two
+// catalog look-ups on every Citus node.
+enum class Known { no, yes, unknown };
+Known known_remote = Known::unknown;
+uint64 relcache_invalidations = 0;
+
+void forget_remote(Datum, Oid)
+{
+    relcache_invalidations++;
+    known_remote = Known::unknown;
+}
+
 bool claims_on_other_nodes()
 {
     if (!citus::loaded())
         return false;
-    Oid nsp = pg::installed_namespace();
-    return OidIsValid(nsp) && citus::is_citus_table(nsp, get_relname_relid("idem_claims", nsp));
+    static bool callback_registered = false;
+    if (!callback_registered) {
+        CacheRegisterRelcacheCallback(forget_remote, 0);
+        callback_registered = true;
+    }
+    if (known_remote == Known::unknown) {
+        uint64 before = relcache_invalidations;
+        Oid nsp = pg::installed_namespace();
+        // On a worker, a delegated function's statements on its shards run in
+        // this backend (Citus' local execution): their waits are local.
+        bool remote = OidIsValid(nsp) && citus::is_citus_table(nsp, get_relname_relid("idem_claims", nsp)) &&
+                      !citus::on_worker(nsp);
+        // An invalidation that arrived while the catalog was read leaves it unknown.
+        if (relcache_invalidations == before)
+            known_remote = remote ? Known::yes : Known::no;
+        return remote;
+    }
+    return known_remote == Known::yes;
 }
 
 void arm_remote_wait_timeout(int timeout_ms)

@@ -164,6 +164,17 @@ is($coordinator->safe_psql('postgres', q{
 		COMMIT;}),
 	'many-1=true,order-1=false,many-2=true,order-2=false', 'idem_claim_many from the coordinator');
 
+# ... and in a function delegated to the key's worker, for that key: new,
+# then (the key exists) a duplicate.
+$coordinator->safe_psql('postgres', q{
+	CREATE FUNCTION claim_batch(request_key text) RETURNS boolean LANGUAGE plpgsql
+	AS $$ BEGIN RETURN (SELECT claimed FROM idem_claim_many(ARRAY[request_key], 'batch')); END $$;
+	SELECT create_distributed_function('claim_batch(text)', 'request_key',
+	                                   colocate_with := 'orders', force_delegation := true);
+});
+is($coordinator->safe_psql('postgres', q{SELECT claim_batch('batch-1'); SELECT claim_batch('batch-1');}),
+	"t\nf", 'idem_claim_many in a delegated function: new, then a duplicate');
+
 # A holder in an open transaction; from the coordinator, wait => false
 # answers in_progress, and lock_timeout and pg_idem.wait_timeout end the wait
 # with 55P03 naming the key. The same in a function delegated to the worker.
