@@ -178,11 +178,14 @@ is($coordinator->safe_psql('postgres', q{SELECT claim_batch('batch-1'); SELECT c
 # A holder in an open transaction; from the coordinator, wait => false
 # answers in_progress, and lock_timeout and pg_idem.wait_timeout end the wait
 # with 55P03 naming the key. The same in a function delegated to the worker.
+# Should a wait not end as it must, the statement times out and the test
+# fails instead of waiting for the holder, which waits for the test.
+my $bounded = q{SET statement_timeout = '30s';};
 my $holder = $coordinator->background_psql('postgres');
 $holder->query_safe('BEGIN');
 is($holder->query_safe(q{SELECT status FROM idem_begin('busy', 'pay')}), 'new', 'a transaction holds key busy');
-is($coordinator->safe_psql('postgres',
-		q{BEGIN; SELECT status FROM idem_begin('busy', 'pay', wait => false); COMMIT;}),
+is($coordinator->safe_psql('postgres', qq{$bounded
+		BEGIN; SELECT status FROM idem_begin('busy', 'pay', wait => false); COMMIT;}),
 	'in_progress', 'wait => false from the coordinator: in_progress');
 $coordinator->safe_psql('postgres', q{
 	CREATE FUNCTION try_pay(request_key text) RETURNS text LANGUAGE plpgsql
@@ -190,13 +193,15 @@ $coordinator->safe_psql('postgres', q{
 	SELECT create_distributed_function('try_pay(text)', 'request_key',
 	                                   colocate_with := 'orders', force_delegation := true);
 });
-my ($ports, $shards, $two_phase, $answer) = remote_commands(q{SELECT try_pay('busy')});
+my ($ports, $shards, $two_phase, $answer) = remote_commands(qq{$bounded
+SELECT try_pay('busy')});
 is($answer, 'in_progress', 'wait => false in a delegated function: in_progress');
 is_deeply($shards, [], 'the function ran on the worker: the coordinator sent it no statement on a shard');
 for my $setting (q{SET LOCAL lock_timeout = '200ms'}, q{SET LOCAL pg_idem.wait_timeout = '200ms'})
 {
 	my ($ret, $stdout, $stderr) = $coordinator->psql('postgres', qq{
 		\\set VERBOSITY verbose
+		$bounded
 		BEGIN;
 		$setting;
 		SELECT idem_claim('busy', 'pay');
