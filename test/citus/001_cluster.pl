@@ -61,6 +61,14 @@ sub remote_commands
 	return ([ sort keys %ports ], [ sort keys %shards ], $err =~ /PREPARE TRANSACTION/ ? 1 : 0, $out);
 }
 
+# The same order function, delegated without force_delegation: Citus then
+# delegates a call made outside a transaction block.
+$coordinator->safe_psql('postgres', q{
+	CREATE FUNCTION place_order_plain(request_key text, item text, qty int) RETURNS text
+	LANGUAGE plpgsql AS $$ BEGIN RETURN place_order(request_key, item, qty); END $$;
+	SELECT create_distributed_function('place_order_plain(text,text,int)', 'request_key', colocate_with := 'orders');
+});
+
 # Each call, from the coordinator, in this order: one worker, one shard of
 # each table.
 my @calls = (
@@ -93,6 +101,8 @@ my @calls = (
 		SELECT idem_checkpoint('route-5', 'pay', :fence, 'charged');
 		SELECT idem_complete('route-5', 'pay', :fence, '{"done": true}');},
 	'the delegated order function' => q{SELECT place_order('route-6', 'sku', 1);},
+	'the order function delegated without force_delegation, outside a transaction block' =>
+	  q{SELECT place_order_plain('route-7', 'sku', 1); SELECT place_order_plain('route-7', 'sku', 1);},
 );
 while (my ($call, $sql) = splice @calls, 0, 2)
 {
