@@ -118,10 +118,14 @@ ok($pub->poll_query_until('postgres', q{SELECT count(*) >= 200 FROM idem_claims}
 my $pub_connstr = 'host=' . $pub->host . ' port=' . $pub->port . ' dbname=postgres';
 $sub->safe_psql('postgres', "CREATE SUBSCRIPTION upgrade CONNECTION '$pub_connstr' PUBLICATION everything");
 $sub->wait_for_subscription_sync($pub, 'upgrade');
-$pub->wait_for_catchup('upgrade');
+# Every catch-up waits for the publisher's insert position, not its
+# write position (wait_for_catchup's default): the purge worker commits
+# asynchronously, so its deletes are visible before their commit record is
+# written, and a catch-up to the write position could end without them.
+$pub->wait_for_catchup('upgrade', 'replay', $pub->lsn('insert'));
 my $streamed = $pub->safe_psql('postgres', q{SELECT sum(placed) FROM orders});
 ok($pub->poll_query_until('postgres', qq{SELECT sum(placed) > $streamed FROM orders}), 'the load goes on');
-$pub->wait_for_catchup('upgrade');
+$pub->wait_for_catchup('upgrade', 'replay', $pub->lsn('insert'));
 ok($load->pumpable, 'the subscriber copied the tables and caught up with the stream while the load ran');
 $load->signal('TERM');
 eval { $load->finish };
@@ -140,7 +144,7 @@ ok($pub->poll_query_until('postgres', q{
 	   AND NOT EXISTS (SELECT FROM idem_tokens)
 	   AND NOT EXISTS (SELECT FROM idem_leases)
 	   AND NOT EXISTS (SELECT FROM idem_stock_ledger)}), 'the publisher purged and folded everything');
-$pub->wait_for_catchup('upgrade');
+$pub->wait_for_catchup('upgrade', 'replay', $pub->lsn('insert'));
 my $contents = join " || ' ' || ",
   map { "(SELECT '$_=' || md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) FROM $_ t)" }
   qw(idem_claims idem_holds idem_tokens idem_leases idem_stock_items idem_stock_ledger orders payments);
@@ -162,7 +166,7 @@ $pub->safe_psql('postgres', q{
 });
 my $last_hold_fence = $pub->safe_psql('postgres',
 	q{SELECT max(h.fence) FROM generate_series(1, 5) g, idem_hold('hold-' || g, 'pay') h});
-$pub->wait_for_catchup('upgrade');
+$pub->wait_for_catchup('upgrade', 'replay', $pub->lsn('insert'));
 is($sub->safe_psql('postgres', q{SELECT count(*) FROM idem_claims WHERE key LIKE 'renew-%' AND expires_at <= now()}),
 	'20', 'the subscriber has the expired claims');
 is($sub->safe_psql('postgres', 'SELECT idem_purge()'), '0', 'idem_purge() there deletes none of them');
@@ -190,7 +194,7 @@ is($sub->safe_psql('postgres', q{SELECT idem_stock_level('sku')}), $pub->safe_ps
 # UPDATE finds the row.
 $pub->safe_psql('postgres',
 	q{SELECT count(*) FILTER (WHERE idem_claim('renew-' || g, 'shop', interval '1 hour')) FROM generate_series(1, 20) g});
-$pub->wait_for_catchup('upgrade');
+$pub->wait_for_catchup('upgrade', 'replay', $pub->lsn('insert'));
 is($sub->safe_psql('postgres', q{SELECT count(*) FROM idem_claims WHERE key LIKE 'renew-%' AND expires_at > now() + interval '50 minutes'}),
 	'20', 'the renewals of those expired claims reached the subscriber');
 
@@ -256,7 +260,7 @@ like($stderr, qr/55000: item "sku" is replicated into this database by a subscri
 	'a loaded item is refused while a subscription replicates the stock tables');
 my $loaded_level = $pub->safe_psql('postgres', q{SELECT level FROM idem_stock WHERE item = 'sku'});
 $sub->safe_psql('postgres', q{BEGIN; SELECT count(idem_stock_take('sku', 1)) FROM generate_series(1, 3); COMMIT});
-$sub->wait_for_catchup('back');
+$sub->wait_for_catchup('back', 'replay', $sub->lsn('insert'));
 # (The old publisher's tables lack what the new server did before this
 # subscription, copy_data being off; what they hold is read, not the item
 # its shared memory loaded, which the new server's takes went below.)
