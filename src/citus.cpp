@@ -116,7 +116,7 @@ IDEM_SQL_FUNCTION(idem_drop_extension)
         dropping_pg_idem |= drop->removeType == OBJECT_EXTENSION && std::strcmp(strVal(lfirst(cell)), "pg_idem") == 0;
     Oid nsp = get_func_namespace(fcinfo->flinfo->fn_oid);
     pg::connect();
-    if (dropping_pg_idem && citus::installed_here() && !citus::on_worker(nsp)) {
+    if (dropping_pg_idem && !citus::on_worker(nsp)) {
         for (const char* table : {"idem_claims", "idem_holds", "idem_tokens", "idem_leases"}) {
             Oid rel = get_relname_relid(table, nsp);
             if (!OidIsValid(rel) || !citus::is_citus_table(nsp, rel))

@@ -149,6 +149,8 @@ uint64 run_once(const char* sql, int nargs, Oid* argtypes, Datum* values, const 
 {
     int search_path_level = compat::push_catalog_search_path();
     int rc = SPI_execute_with_args(sql, nargs, argtypes, values, nulls, false, 0);
+    // Can't happen: a statement's own errors are raised by SPI with their
+    // SQLSTATE; a negative code means SPI was misused (not connected, say).
     if (rc < 0)
         elog(ERROR, "pg_idem: SPI_execute_with_args failed: %s", SPI_result_code_string(rc));
     compat::pop_catalog_search_path(search_path_level);
